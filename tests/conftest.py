@@ -1,0 +1,14 @@
+"""Test setup: 8 fake CPU devices so every sharding path is exercised.
+
+XLA_FLAGS must be set before JAX is imported anywhere, which is why this lives in conftest.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_threefry_partitionable", True)
