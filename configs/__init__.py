@@ -1,0 +1,1 @@
+"""Reusable presets (model sizes, meshes, data budgets, optimizers) that experiments compose."""

@@ -1,0 +1,124 @@
+"""The config schema: defaults every experiment starts from, and validation with one-line errors."""
+from __future__ import annotations
+
+import difflib
+import json
+
+import ml_collections
+import numpy as np
+
+from dlmscale import objectives
+from dlmscale.errors import ConfigError
+from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig
+from dlmscale.parallel import DEFAULT_RULES
+
+SCHEDULES = ("wsd", "cosine", "constant")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key a run understands, with defaults; experiments override values, never add keys."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Each objective is trained into <workdir>/<objective> on the same token stream.
+  c.objectives = ("ar",)
+  # Overrides of each objective's default arguments, e.g. objective_args.mdm.weighting.
+  c.objective_args = ml_collections.ConfigDict({n: {} for n in objectives.names()})
+
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=0,  # 0: the tokenizer's vocabulary rounded up to vocab_multiple
+      vocab_multiple=64, num_layers=2, d_model=64, num_heads=4, num_kv_heads=0, head_dim=0,
+      d_ff=192, tie_embeddings=True, rope_base=10000.0, norm_eps=1e-6, init_std=0.02,
+      qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="none",
+      dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0))
+
+  c.data = ml_collections.ConfigDict(dict(
+      corpus="python_stdlib", tokenizer="byte", seq_len=128, val_fraction=0.02,
+      max_val_sequences=256, unique_tokens=1_000_000, total_tokens=4_000_000, seed=0))
+
+  c.train = ml_collections.ConfigDict(dict(
+      global_batch=32, grad_accum=1, lr=3e-3, min_lr=3e-4, schedule="wsd", warmup_steps=50,
+      decay_fraction=0.2, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, adam_eps=1e-8,
+      log_every=25, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
+      peak_flops_per_device=0.0))  # 0: look the chip up; CPU has no known peak
+
+  c.eval = ml_collections.ConfigDict(dict(batch_size=32, mask_samples=8, max_sequences=256))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+  c.rules = tuple((k, v) for k, v in DEFAULT_RULES)
+  return c
+
+
+def _key_paths(cfg, prefix="") -> set[str]:
+  out = set()
+  for key, value in cfg.items():
+    path = f"{prefix}{key}"
+    out.add(path)
+    if isinstance(value, ml_collections.ConfigDict) and path != "objective_args":
+      out |= _key_paths(value, path + ".")
+  return out
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line: problem and fix) for anything a run would trip over later."""
+  known = _key_paths(default_config())
+  for path in sorted(_key_paths(cfg) - known):
+    close = difflib.get_close_matches(path, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown config key {path!r}{hint}: remove it or use a key from "
+                      "dlmscale.config.default_config()")
+  objs = (cfg.objectives,) if isinstance(cfg.objectives, str) else tuple(cfg.objectives)
+  if not objs:
+    raise ConfigError("config.objectives is empty: name at least one, e.g. ('ar', 'mdm')")
+  for name in objs:
+    objectives.resolve_args(name, cfg.objective_args.get(name), mask_id=0)
+  for name in cfg.objective_args:
+    objectives.get(name)
+  if cfg.model.remat not in REMAT_POLICIES:
+    raise ConfigError(f"unknown model.remat {cfg.model.remat!r}: use one of {list(REMAT_POLICIES)}")
+  if cfg.model.d_model % cfg.model.num_heads and not cfg.model.head_dim:
+    raise ConfigError(f"model.d_model={cfg.model.d_model} is not divisible by model.num_heads="
+                      f"{cfg.model.num_heads}: change one or set model.head_dim")
+  kv = cfg.model.num_kv_heads or cfg.model.num_heads
+  if cfg.model.num_heads % kv:
+    raise ConfigError(f"model.num_heads={cfg.model.num_heads} is not a multiple of "
+                      f"model.num_kv_heads={kv}")
+  t = cfg.train
+  if t.schedule not in SCHEDULES:
+    raise ConfigError(f"unknown train.schedule {t.schedule!r}: use one of {list(SCHEDULES)}")
+  if t.global_batch % t.grad_accum:
+    raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by "
+                      f"train.grad_accum={t.grad_accum}")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "global_batch", "grad_accum"):
+    if t[key] < 1:
+      raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+  if not 0 <= t.decay_fraction <= 1:
+    raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
+
+
+def objective_names(cfg) -> tuple[str, ...]:
+  return (cfg.objectives,) if isinstance(cfg.objectives, str) else tuple(cfg.objectives)
+
+
+def model_config(cfg, tokenizer_vocab: int) -> ModelConfig:
+  """The static ModelConfig; vocab_size 0 means the tokenizer's, rounded up to vocab_multiple."""
+  m = dict(cfg.model)
+  multiple = m.pop("vocab_multiple")
+  if not m["vocab_size"]:
+    m["vocab_size"] = -(-tokenizer_vocab // multiple) * multiple
+  if m["vocab_size"] < tokenizer_vocab:
+    raise ConfigError(f"model.vocab_size={m['vocab_size']} is smaller than the tokenizer's "
+                      f"{tokenizer_vocab} ids: raise it or set it to 0 (automatic)")
+  return ModelConfig(**m)
+
+
+def to_json(cfg) -> str:
+  """Canonical JSON of the config (tuples as lists), used to detect a changed config on resume."""
+  def plain(x):
+    if isinstance(x, ml_collections.ConfigDict):
+      return {k: plain(v) for k, v in sorted(x.items())}
+    if isinstance(x, (list, tuple)):
+      return [plain(v) for v in x]
+    if isinstance(x, np.generic):
+      return x.item()
+    return x
+  return json.dumps(plain(cfg), sort_keys=True)

@@ -1,0 +1,142 @@
+"""Dense pre-norm transformer; causal or bidirectional attention is chosen per call.
+
+One network serves every objective: AR calls it causally, masked diffusion bidirectionally.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+DROPOUT_SITES = ("attention", "residual", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static shape and numerics of the network (hashable: it is closed over by jitted code)."""
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  num_kv_heads: int = 0  # 0: same as num_heads (full multi-head attention)
+  head_dim: int = 0  # 0: d_model // num_heads
+  tie_embeddings: bool = True
+  rope_base: float = 10000.0
+  norm_eps: float = 1e-6
+  init_std: float = 0.02
+  qk_norm: bool = True
+  dtype: Any = jnp.bfloat16
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = True
+  remat: str = "none"
+  dropout_attention: float = 0.0
+  dropout_residual: float = 0.0
+  dropout_mlp: float = 0.0
+
+  def __post_init__(self):
+    if not self.num_kv_heads:
+      object.__setattr__(self, "num_kv_heads", self.num_heads)
+    if not self.head_dim:
+      object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+    for name in ("dtype", "param_dtype"):
+      object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
+
+  @property
+  def dropout_rates(self) -> dict[str, float]:
+    return {s: getattr(self, f"dropout_{s}") for s in DROPOUT_SITES}
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, key):
+    ka, km = jax.random.split(key)
+    self.attn_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
+    self.attn = Attention(cfg, ka)
+    self.mlp_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
+    self.mlp = SwiGLU(cfg, km)
+
+  def __call__(self, x_BxLxD, *, causal, lengths_B, rates, key):
+    k_attn, k_res1, k_mlp, k_res2 = jax.random.split(key, 4) if key is not None else (None,) * 4
+    h = self.attn(self.attn_norm(x_BxLxD), causal=causal, lengths_B=lengths_B,
+                  dropout_rate=rates["attention"], key=k_attn)
+    x_BxLxD = x_BxLxD + dropout(h, rates["residual"], k_res1)
+    h = self.mlp(self.mlp_norm(x_BxLxD), dropout_rate=rates["mlp"], key=k_mlp)
+    return x_BxLxD + dropout(h, rates["residual"], k_res2)
+
+
+@nnx.vmap(in_axes=(None, 0), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+def _stacked_blocks(cfg, keys):
+  return Block(cfg, keys)
+
+
+class Transformer(nnx.Module):
+  """Token embedding, a stack of blocks (optionally scanned and rematerialised), final norm, head."""
+
+  def __init__(self, cfg: ModelConfig, key):
+    ke, kb, kh = jax.random.split(key, 3)
+    self.cfg = cfg
+    pd = cfg.param_dtype
+    self.embed = param(ke, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std=cfg.init_std,
+                       dtype=pd)
+    block_keys = jax.random.split(kb, cfg.num_layers)
+    if cfg.scan_layers:
+      self.blocks = _stacked_blocks(cfg, block_keys)
+    else:
+      self.blocks = nnx.List([Block(cfg, k) for k in block_keys])
+    self.final_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=pd)
+    if not cfg.tie_embeddings:
+      self.head = param(kh, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
+                        dtype=pd)
+
+  def __call__(self, tokens_BxL, *, causal: bool, lengths_B=None, dropout_rates=None,
+               dropout_key=None):
+    """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives."""
+    cfg = self.cfg
+    rates = dict(cfg.dropout_rates, **(dropout_rates or {}))
+    if not any(rates.values()):
+      dropout_key = None
+    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(cfg.dtype)
+
+    def run_block(block, x, key):
+      return block(x, causal=causal, lengths_B=lengths_B, rates=rates, key=key)
+
+    layer_keys = (jax.random.split(dropout_key, cfg.num_layers) if dropout_key is not None
+                  else [None] * cfg.num_layers)
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.scan_layers:
+      graphdef, stacked = nnx.split(self.blocks)
+
+      def body(x, layer):
+        layer_state, key = layer
+        return run_block(nnx.merge(graphdef, layer_state), x, key), None
+
+      if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+      xs = (stacked, layer_keys if dropout_key is not None else None)
+      x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, xs, length=cfg.num_layers)
+    else:
+      for block, key in zip(self.blocks, layer_keys):
+        if cfg.remat != "none":
+          g, s = nnx.split(block)
+          x_BxLxD = jax.checkpoint(lambda s, x, k, g=g: run_block(nnx.merge(g, s), x, k),
+                                   policy=policy)(s, x_BxLxD, key)
+        else:
+          x_BxLxD = run_block(block, x_BxLxD, key)
+    x_BxLxD = self.final_norm(x_BxLxD)
+    w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
+    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxV.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    return logits_BxLxV, {"aux_loss": jnp.zeros((), jnp.float32)}

@@ -1,0 +1,169 @@
+"""The loss registry: pure functions `(forward, params, batch, rng, cfg) -> (loss, metrics)`.
+
+`forward(params, tokens_BxL, *, causal, lengths_B=None, dropout_rates=None, dropout_key=None)`
+returns `(logits_BxLxV, aux)`; every objective adds `aux['aux_loss']` (MoE balancing terms).
+`batch['tokens']` is the shared token stream: objectives differ only in what they do to it.
+`cfg` is a mapping with the objective's own arguments plus `mask_id`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from dlmscale.errors import ConfigError
+
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+_REGISTRY: dict[str, Objective] = {}
+DEFAULT_ARGS: dict[str, dict[str, Any]] = {}
+KINDS: dict[str, str] = {}  # 'ar' (scored by exact NLL) or 'dlm' (scored by the ELBO bound)
+
+
+def register(name: str, *, kind: str = "ar", **default_args):
+  """Decorator: registers an objective under `name`, its model kind and its default arguments."""
+  if kind not in ("ar", "dlm"):
+    raise ValueError(f"kind must be 'ar' or 'dlm', got {kind!r}")
+
+  def wrap(fn: Objective) -> Objective:
+    _REGISTRY[name] = fn
+    DEFAULT_ARGS[name] = dict(default_args)
+    KINDS[name] = kind
+    return fn
+  return wrap
+
+
+def kind_of(name: str) -> str:
+  get(name)
+  return KINDS[name]
+
+
+def get(name: str) -> Objective:
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown objective {name!r}: registered objectives are "
+                      f"{sorted(_REGISTRY)} (add yours with @dlmscale.objectives.register)")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def token_cross_entropy(logits_BxLxV, targets_BxL):
+  """Per-token cross-entropy in fp32."""
+  logits = logits_BxLxV.astype(jnp.float32)
+  label_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - label_logit
+
+
+def _next_token_loss(logits_BxLxV, tokens_BxL, aux):
+  """Shifted next-token loss over the L-1 predictable positions (the last logit is unused)."""
+  ce_Bx_L1 = token_cross_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
+  predicted = jnp.argmax(logits_BxLxV[:, :-1], axis=-1)
+  nll = ce_Bx_L1.mean()
+  metrics = {"nll": nll, "accuracy": (predicted == tokens_BxL[:, 1:]).mean(),
+             "aux_loss": aux["aux_loss"]}
+  return nll + aux["aux_loss"], metrics
+
+
+@register("ar")
+def ar(forward, params, batch, rng, cfg):
+  """Autoregressive: causal attention, next-token cross-entropy."""
+  del rng, cfg
+  logits, aux = forward(params, batch["tokens"], causal=True)
+  return _next_token_loss(logits, batch["tokens"], aux)
+
+
+@register("ar_input_mask", rate=0.3)
+def ar_input_mask(forward, params, batch, rng, cfg):
+  """AR with input noise: a `rate` fraction of input tokens become the mask id; targets stay clean."""
+  tokens = batch["tokens"]
+  masked = jax.random.bernoulli(rng, cfg["rate"], tokens.shape)
+  logits, aux = forward(params, jnp.where(masked, cfg["mask_id"], tokens), causal=True)
+  loss, metrics = _next_token_loss(logits, tokens, aux)
+  return loss, dict(metrics, input_mask_fraction=masked.mean())
+
+
+@register("ar_dropout", rate=0.1, sites=("attention", "residual", "mlp"))
+def ar_dropout(forward, params, batch, rng, cfg):
+  """AR with parameter noise: dropout at `rate` on the given sites of the network."""
+  rates = {site: cfg["rate"] for site in cfg["sites"]}
+  logits, aux = forward(params, batch["tokens"], causal=True, dropout_rates=rates,
+                        dropout_key=rng)
+  return _next_token_loss(logits, batch["tokens"], aux)
+
+
+def sample_mask_times(rng, batch_size: int, eps: float, antithetic: bool):
+  """t ~ U(eps, 1) per sequence; antithetic: one uniform shifted over a B-point grid (low variance)."""
+  u = jax.random.uniform(rng, (batch_size,))
+  if antithetic:
+    u = jnp.mod(u[0] + jnp.arange(batch_size) / batch_size, 1.0)
+  return eps + (1.0 - eps) * u
+
+
+def _force_one_masked(rng, masked_BxL, valid_BxL):
+  """Masks one random valid position in every row that has no masked token."""
+  scores = jnp.where(valid_BxL, jax.random.uniform(rng, masked_BxL.shape), -1.0)
+  pick_BxL = jax.nn.one_hot(jnp.argmax(scores, axis=-1), masked_BxL.shape[1], dtype=bool)
+  empty_B = ~jnp.any(masked_BxL, axis=-1)
+  return masked_BxL | (pick_BxL & empty_B[:, None])
+
+
+def _random_lengths(rng, batch_size: int, seq_len: int, prob: float):
+  """With probability `prob` the whole batch is cut to one random length in [1, L]."""
+  k_cut, k_len = jax.random.split(rng)
+  cut = jax.random.bernoulli(k_cut, prob)
+  length = jnp.where(cut, jax.random.randint(k_len, (), 1, seq_len + 1), seq_len)
+  return jnp.full((batch_size,), length, jnp.int32)
+
+
+@register("mdm", kind="dlm", eps=1e-3, weighting="inv_t", antithetic=True, random_length_prob=0.0)
+def mdm(forward, params, batch, rng, cfg):
+  """Masked diffusion: bidirectional, tokens masked w.p. t, weighted CE on masked positions.
+
+  weighting='inv_t': per-sequence sum of masked CE / (t * L) (the MDLM/SMDM ELBO, a bound on NLL
+  per token). weighting='inv_masked_fraction': sum / (number masked), at least one masked token
+  (the paper authors' variant).
+  """
+  tokens = batch["tokens"]
+  b, l = tokens.shape
+  k_t, k_mask, k_force, k_len = jax.random.split(rng, 4)
+  t_B = sample_mask_times(k_t, b, cfg["eps"], cfg["antithetic"])
+  lengths_B = None
+  valid_BxL = jnp.ones((b, l), bool)
+  if cfg["random_length_prob"] > 0:
+    lengths_B = _random_lengths(k_len, b, l, cfg["random_length_prob"])
+    valid_BxL = jnp.arange(l)[None, :] < lengths_B[:, None]
+  masked_BxL = (jax.random.uniform(k_mask, (b, l)) < t_B[:, None]) & valid_BxL
+  if cfg["weighting"] == "inv_masked_fraction":
+    masked_BxL = _force_one_masked(k_force, masked_BxL, valid_BxL)
+  inputs = jnp.where(masked_BxL, cfg["mask_id"], tokens)
+  logits, aux = forward(params, inputs, causal=False, lengths_B=lengths_B)
+  ce_BxL = token_cross_entropy(logits, tokens) * masked_BxL
+  n_masked_B = masked_BxL.sum(-1)
+  if cfg["weighting"] == "inv_t":
+    per_seq_B = ce_BxL.sum(-1) / (t_B * valid_BxL.sum(-1))
+  elif cfg["weighting"] == "inv_masked_fraction":
+    per_seq_B = ce_BxL.sum(-1) / jnp.maximum(n_masked_B, 1)
+  else:
+    raise ConfigError(f"unknown mdm weighting {cfg['weighting']!r}: use 'inv_t' or "
+                      "'inv_masked_fraction'")
+  loss = per_seq_B.mean()
+  correct = (jnp.argmax(logits, -1) == tokens) & masked_BxL
+  metrics = {"elbo": loss, "masked_ce": ce_BxL.sum() / jnp.maximum(n_masked_B.sum(), 1),
+             "accuracy": correct.sum() / jnp.maximum(n_masked_B.sum(), 1),
+             "mask_fraction": masked_BxL.mean(), "aux_loss": aux["aux_loss"]}
+  return loss + aux["aux_loss"], metrics
+
+
+def resolve_args(name: str, overrides: Mapping[str, Any] | None, mask_id: int) -> dict[str, Any]:
+  """The objective's defaults updated by the config's overrides; unknown argument names are errors."""
+  get(name)
+  args = dict(DEFAULT_ARGS[name])
+  for key, value in dict(overrides or {}).items():
+    if key not in args:
+      raise ConfigError(f"objective {name!r} has no argument {key!r}: its arguments are "
+                        f"{sorted(args)}")
+    args[key] = tuple(value) if isinstance(value, list) else value
+  args["mask_id"] = mask_id
+  return args

@@ -1,0 +1,250 @@
+"""The training run: wires data, model, mesh, step, checkpoints and metrics (the side-effect edge).
+
+A run trains one objective into its own workdir. Started again in the same workdir it resumes from
+the latest checkpoint and ends bitwise equal to a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from dlmscale import checkpoint as ckpt_lib
+from dlmscale import config as config_lib
+from dlmscale import flops, objectives, optim, parallel, train
+from dlmscale.data import TokenStream, load_corpus
+from dlmscale.errors import CheckpointError, NonFiniteLossError
+from dlmscale.evaluation.validation import evaluate_validation
+from dlmscale.metrics import MetricsWriter, progress_line
+from dlmscale.models.model import Model, build_model
+
+log = logging.getLogger("dlmscale")
+# Keys that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.async_checkpointing", "train.peak_flops_per_device", "eval.batch_size")
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag checked between steps, so the state is saved whole."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: preemption is the caller's business
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run of one objective needs, built from the config without side effects."""
+  cfg: object
+  objective: str
+  model: Model
+  stream: TokenStream
+  corpus: object
+  mesh: object
+  optimizer: object
+  schedule: object
+  shardings: dict
+  batch_sharding: object
+  step_fn: object
+  flops_per_token: float
+
+
+def build_experiment(cfg, objective: str, devices=None) -> Experiment:
+  config_lib.validate(cfg)
+  d = cfg.data
+  corpus = load_corpus(d.corpus, d.tokenizer, d.seq_len, d.val_fraction, d.seed,
+                       d.max_val_sequences)
+  tok = corpus.tokenizer
+  stream = TokenStream(corpus.train_NxL, unique_tokens=d.unique_tokens,
+                       total_tokens=d.total_tokens, global_batch=cfg.train.global_batch,
+                       seed=d.seed, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
+  mesh = parallel.make_mesh(dict(cfg.mesh), devices)
+  rules = tuple(cfg.rules)
+  dp = parallel.data_parallel_size(mesh, rules)
+  micro = cfg.train.global_batch // cfg.train.grad_accum
+  if micro % dp:
+    raise config_lib.ConfigError(
+        f"batch per microbatch {micro} (train.global_batch / train.grad_accum) is not divisible "
+        f"by the {dp} data-parallel devices of mesh {dict(mesh.shape)}: change the batch or mesh")
+  optimizer = optim.make_optimizer(cfg.train, stream.num_steps, model.logical_axes)
+  schedule = optim.make_schedule(cfg.train, stream.num_steps)
+  shardings = train.state_shardings(model, optimizer, mesh, rules)
+  args = objectives.resolve_args(objective, cfg.objective_args.get(objective), tok.mask_id)
+  loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
+  step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=cfg.train.grad_accum,
+                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
+  b_sh = parallel.batch_sharding(mesh, rules)
+  return Experiment(cfg=cfg, objective=objective, model=model, stream=stream, corpus=corpus,
+                    mesh=mesh, optimizer=optimizer, schedule=schedule, shardings=shardings,
+                    batch_sharding=b_sh, step_fn=train.compile_step(step, shardings, b_sh),
+                    flops_per_token=flops.train_flops_per_token(model.cfg, d.seq_len))
+
+
+def _check_config_matches(workdir: str, cfg_json: str) -> None:
+  """A workdir belongs to one config; resuming it with another would silently mix two runs."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(cfg_json)
+    os.replace(tmp, path)
+    return
+  with open(path) as f:
+    old = _flatten(json.loads(f.read()))
+  new = _flatten(json.loads(cfg_json))
+  diff = sorted(k for k in set(old) | set(new)
+                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  if diff:
+    raise CheckpointError(f"{workdir} holds a run with a different config (differs at "
+                          f"{', '.join(diff[:5])}): use a new --workdir or the original config")
+
+
+def _flatten(tree, prefix="") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, f"{prefix}{k}."))
+  return out
+
+
+def _restore_or_init(exp: Experiment, checkpointer):
+  abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, exp.cfg.seed))
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return train.create_state(exp.model, exp.optimizer, exp.cfg.seed, exp.shardings), 0
+  state, data_state = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.shardings, abstract))
+  if data_state.get("stream_fingerprint") != exp.stream.fingerprint():
+    raise CheckpointError(f"checkpoint step {latest} in {checkpointer.directory} was written for "
+                          "another token stream: use a new --workdir or the original data config")
+  return state, int(data_state["next_step"])
+
+
+def _log_window(exp, writer, pending, window_start_time, step, num_steps, run_start):
+  """Fetches the metrics of the last steps, checks they are finite, writes their mean."""
+  values = jax.device_get(pending)
+  for i, m in enumerate(values):
+    bad = {k: float(v) for k, v in m.items() if not math.isfinite(float(v))}
+    if bad:
+      raise NonFiniteLossError(
+          f"non-finite {', '.join(sorted(bad))} at step {step - len(values) + i + 1} in "
+          f"{exp.objective}: lower train.lr or raise train.warmup_steps (no checkpoint past the "
+          "last finite step was written)")
+  mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+  elapsed = time.time() - window_start_time
+  tokens_per_s = len(values) * exp.stream.tokens_per_step / max(elapsed, 1e-9)
+  mfu = flops.mfu(tokens_per_s, exp.flops_per_token,
+                  flops.peak_flops_per_device(exp.cfg.train.peak_flops_per_device))
+  writer.write(step, dict(mean, tokens_per_s=tokens_per_s, epoch=exp.stream.epoch_at(step),
+                          tokens_seen=step * exp.stream.tokens_per_step))
+  eta = (num_steps - step) * elapsed / len(values)
+  if jax.process_index() == 0:
+    print(progress_line(exp.objective, step, num_steps, mean["loss"], tokens_per_s, mfu, eta,
+                        exp.stream.epoch_at(step)), flush=True)
+  del run_start
+
+
+def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Trains to the end of the token budget (or `stop_after` steps, for tests), then validates."""
+  cfg, stream = exp.cfg, exp.stream
+  os.makedirs(workdir, exist_ok=True)
+  main_process = jax.process_index() == 0
+  if main_process:
+    _check_config_matches(workdir, config_lib.to_json(cfg))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=cfg.train.keep_checkpoints,
+                                       async_save=cfg.train.async_checkpointing)
+  writer = MetricsWriter(workdir, enabled=main_process)
+  try:
+    state, start = _restore_or_init(exp, checkpointer)
+    writer.truncate_after(start)
+    if start:
+      log.info("%s: resumed at step %d from %s", exp.objective, start, checkpointer.directory)
+    end = stream.num_steps if stop_after is None else min(stop_after, stream.num_steps)
+    stream_fingerprint = stream.fingerprint()
+    data_state = lambda s: {"next_step": s, "stream_fingerprint": stream_fingerprint}
+    pending, window_start, run_start = [], time.time(), time.time()
+    with _SigtermFlag() as sigterm, stream.iterator(start) as batches:
+      for step in range(start, end):
+        tokens = parallel.place_batch(next(batches), exp.batch_sharding)
+        state, metrics = exp.step_fn(state, tokens)
+        pending.append(metrics)
+        done = step + 1
+        save_now = done % cfg.train.checkpoint_every == 0 or done == end or sigterm.raised
+        if done % cfg.train.log_every == 0 or save_now:
+          _log_window(exp, writer, pending, window_start, done, stream.num_steps, run_start)
+          pending, window_start = [], time.time()
+        if save_now:
+          checkpointer.save(done, state, data_state(done))
+        if sigterm.raised and done < end:
+          checkpointer.wait()
+          raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "
+                          f"in {checkpointer.directory}: rerun the same command to resume")
+    checkpointer.wait()
+    result = {"objective": exp.objective, "steps": end,
+              "tokens_seen": end * stream.tokens_per_step, "epochs": stream.epoch_at(end)}
+    if end == stream.num_steps:
+      result.update(validate(exp, state["params"]))
+      writer.write(end, {k: result[k] for k in ("val_mean", "val_stderr")}, prefix="eval")
+    return result
+  finally:
+    checkpointer.close()
+    writer.close()
+
+
+def validate(exp: Experiment, params) -> dict:
+  """Validation NLL (AR) or ELBO bound (DLM) per token on the held-out sequences."""
+  kind = objectives.kind_of(exp.objective)
+  e = exp.cfg.eval
+  val = exp.corpus.val_MxL[:e.max_sequences]
+  out = evaluate_validation(exp.model, params, val, kind, mesh=exp.mesh, rules=tuple(exp.cfg.rules),
+                            batch_size=e.batch_size, num_samples=e.mask_samples,
+                            mask_id=exp.corpus.tokenizer.mask_id, seed=exp.cfg.seed)
+  return {"val_kind": "nll" if kind == "ar" else "elbo", "val_mean": out["mean"],
+          "val_stderr": out["stderr"], "val_sequences": out["sequences"]}
+
+
+def restore_params(exp: Experiment, workdir: str):
+  """The parameters of the latest checkpoint in `workdir` (for evaluation)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint in {workdir}: train first, or point --workdir at a run")
+  checkpointer = ckpt_lib.Checkpointer(directory, keep=exp.cfg.train.keep_checkpoints,
+                                       async_save=False)
+  try:
+    latest = checkpointer.latest_step()
+    if latest is None:
+      raise CheckpointError(f"no checkpoint in {directory}: train first, or point --workdir at a "
+                            "run")
+    abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, exp.cfg.seed))
+    state, _ = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.shardings, abstract))
+    return state["params"], latest
+  finally:
+    checkpointer.close()
