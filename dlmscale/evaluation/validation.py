@@ -47,12 +47,14 @@ def evaluate_validation(model, params, val_MxL: np.ndarray, kind: str, *, mesh, 
   batch_size = -(-batch_size // dp) * dp
   sharding = parallel.batch_sharding(mesh, rules)
   if kind == "ar":
-    fn = jax.jit(lambda p, x, r: ar_nll_per_sequence(model, p, x))
+    per_seq = lambda p, x, r: ar_nll_per_sequence(model, p, x)
     tokens_per_seq = l - 1
   else:
-    fn = jax.jit(lambda p, x, r: dlm_elbo_per_sequence(model, p, x, r, num_samples=num_samples,
-                                                       mask_id=mask_id))
+    per_seq = lambda p, x, r: dlm_elbo_per_sequence(model, p, x, r, num_samples=num_samples,
+                                                    mask_id=mask_id)
     tokens_per_seq = l
+  # Replicated output: every process can read the per-sequence values in a multi-host job.
+  fn = jax.jit(per_seq, out_shardings=parallel.replicated(mesh))
   sums = []
   for i, start in enumerate(range(0, m, batch_size)):
     chunk = val_MxL[start:start + batch_size].astype(np.int32)

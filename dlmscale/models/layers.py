@@ -16,7 +16,7 @@ def param(key, shape, axes, *, std=None, value=None, dtype=jnp.float32) -> nnx.P
     raise ValueError(f"axes {axes} do not match shape {shape}")
   if std is not None:
     value = std * jax.random.normal(key, shape, dtype)
-  return nnx.Param(jnp.asarray(value, dtype), sharding_names=tuple(axes), eager_sharding=False)
+  return nnx.Param(jnp.asarray(value, dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
 def dropout(x, rate: float, key):
