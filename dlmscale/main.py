@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -24,11 +25,34 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's parser, but a bad flag or config override is a one-line error, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(" ".join(str(e).split()))
+  except (AttributeError, KeyError) as e:
+    # ml_collections: AttributeError(KeyError("'key'\nDid you mean ...")) for an unknown key.
+    while e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]
+    lines = str(e.args[0] if e.args else e).splitlines() or [""]
+    key, hint = lines[0].strip("\"'"), " ".join(lines[1:])
+    paths = [a.split("=", 1)[0].split(".", 1)[1] for a in argv[1:]
+             if re.match(r"-{1,2}(no)?config\.", a)]
+    named = [p for p in paths if key in p.split(".")] or paths
+    _fail(f"unknown config key {' or '.join(map(repr, named)) or repr(key)} in the --config.* "
+          f"overrides{' (' + hint + ')' if hint else ''}: override only keys of "
+          "dlmscale.config.default_config()")
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
   if _CONFIG.value is None:
     _fail("--config is required, e.g. --config=experiments/quickstart.py")
+  config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+  if not os.path.isfile(config_file):
+    _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
   if not _WORKDIR.value:
     _fail("--workdir is required, e.g. --workdir=runs/quickstart")
   logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -52,9 +76,19 @@ def main(argv) -> None:
     _fail(str(e))
 
 
+def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:
+  """When an Orbax restore fails, the TensorStore reads still in flight call back into the event
+  loop Orbax already closed; their tracebacks would bury the one-line error, so they are dropped."""
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return
+  _default(unraisable)
+
+
 def run() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  app.run(main)
+  sys.unraisablehook = _drop_closed_loop_noise
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -197,13 +197,14 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
         state, metrics = exp.step_fn(state, tokens)
         pending.append(metrics)
         done = step + 1
-        save_now = done % cfg.train.checkpoint_every == 0 or done == end or sigterm.raised
+        preempted = sigterm.raised  # read once: SIGTERM may land mid-step, after save_now
+        save_now = done % cfg.train.checkpoint_every == 0 or done == end or preempted
         if done % cfg.train.log_every == 0 or save_now:
           _log_window(exp, writer, pending, window_start, done, stream.num_steps, run_start)
           pending, window_start = [], time.time()
         if save_now:
           checkpointer.save(done, state, data_state(done))
-        if sigterm.raised and done < end:
+        if preempted and done < end:
           checkpointer.wait()
           raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "
                           f"in {checkpointer.directory}: rerun the same command to resume")

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlmscale.errors import ConfigError
 from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
 
 REMAT_POLICIES = {
@@ -105,6 +106,9 @@ class Transformer(nnx.Module):
                dropout_key=None):
     """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives."""
     cfg = self.cfg
+    unknown = sorted(set(dropout_rates or {}) - set(DROPOUT_SITES))
+    if unknown:  # a misspelt site would otherwise silently train without that dropout
+      raise ConfigError(f"unknown dropout sites {unknown}: use any of {list(DROPOUT_SITES)}")
     rates = dict(cfg.dropout_rates, **(dropout_rates or {}))
     if not any(rates.values()):
       dropout_key = None

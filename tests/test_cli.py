@@ -1,0 +1,248 @@
+"""The CLI's user errors: exit code 2, one `error: ...` line naming the problem, and nothing written
+to (or overwritten in) the checkpoints. Plus --mode=eval of a good workdir, which changes nothing.
+
+Every case runs `python -m dlmscale.main` from the repo root on 8 fake CPU devices. The runs that
+need no other run first are started together (they are mostly interpreter start-up and
+compilation); compiled programs are shared between runs through a per-session compilation cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.py"
+# One objective, and a constant schedule so the compiled step does not depend on the step count
+# (test_training.py's SIGTERM test uses the same arguments and so the same compiled programs).
+BASE_ARGS = ("--config.objectives=('ar',)", "--config.train.schedule=constant")
+TIMEOUT_S = 300
+
+
+def cli_env(tmp_path_factory) -> dict:
+  env = dict(os.environ)
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  return env
+
+
+def cli_command(workdir, *args, config=TINY) -> list[str]:
+  return [sys.executable, "-m", "dlmscale.main", f"--config={config}", f"--workdir={workdir}",
+          *BASE_ARGS, *args]
+
+
+def run_cli(env, workdir, *args, config=TINY) -> subprocess.CompletedProcess:
+  return subprocess.run(cli_command(workdir, *args, config=config), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+class Background:
+  """A CLI run started now; result() waits for it. Output goes to files, so runs never block."""
+
+  def __init__(self, env, logdir: Path, name: str, workdir: Path, *args, config=TINY):
+    self.workdir = workdir
+    self._out, self._err = logdir / f"{name}.stdout", logdir / f"{name}.stderr"
+    with open(self._out, "w") as out, open(self._err, "w") as err:
+      self._proc = subprocess.Popen(cli_command(workdir, *args, config=config), cwd=REPO,
+                                    env=env, stdout=out, stderr=err, text=True)
+
+  def result(self) -> subprocess.CompletedProcess:
+    code = self._proc.wait(timeout=TIMEOUT_S)
+    return subprocess.CompletedProcess(self._proc.args, code, self._out.read_text(),
+                                       self._err.read_text())
+
+  def kill(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()
+
+
+def assert_user_error(proc, *names: str) -> str:
+  """Exit code 2; stderr's last line is `error: ...` naming each of `names`; no traceback."""
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  last = lines[-1]
+  assert last.startswith("error: "), proc.stderr[-3000:]
+  for name in names:
+    assert name in last, (name, last)
+  return last
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+  """Relative path -> sha256 of every file (and directory) under root."""
+  out = {}
+  for p in sorted(root.rglob("*")):
+    rel = str(p.relative_to(root))
+    out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+  return out
+
+
+def no_checkpoints(workdir: Path) -> bool:
+  return not list(workdir.rglob("checkpoints")) if workdir.exists() else True
+
+
+# ---- every independent run, started together -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Starts every CLI run that needs no other run first, all at once (most of their time is
+  interpreter start-up and compilation, which overlap well): {case: Background}."""
+  env, root = cli_env(tmp_path_factory), tmp_path_factory.mktemp("cli")
+  bad_config = root / "bad_config.py"
+  bad_config.write_text(textwrap.dedent("""\
+      from dlmscale.config import default_config
+
+      def get_config():
+        c = default_config()
+        c.train.bogus_key = 1
+        return c
+      """))
+  (root / "empty").mkdir()
+  cases = {
+      # A finished 16-step run (checkpoints 8, 12, 16); other tests damage copies of it.
+      "trained": [],
+      # lr 1e30 is reached after the warmup step: step 1 is finite, then the parameters blow up.
+      # Checkpointing every step shows that no step at or after the first bad one is saved.
+      "non_finite": ["--config.train.lr=1e30", "--config.train.checkpoint_every=1",
+                     "--config.train.log_every=1"],
+      "unknown_override": ["--config.train.bogus=1"],
+      "unknown_key_in_file": [],
+      # 'ar' comes first: the bad name must be caught before 'ar' trains.
+      "unknown_objective": ["--config.objectives=('ar', 'nope')"],
+      "mesh": ["--config.mesh.data=3"],
+      "batch": ["--config.train.global_batch=12"],
+      "missing_checkpoint": ["--mode=eval"],
+  }
+  started = {}
+  try:
+    for case, args in cases.items():
+      workdir = root / ("empty" if case == "missing_checkpoint" else case)
+      config = bad_config if case == "unknown_key_in_file" else TINY
+      started[case] = Background(env, root, case, workdir, *args, config=config)
+    yield started
+  finally:
+    for run in started.values():
+      run.kill()
+
+
+def test_unknown_config_key_override(runs):
+  run = runs["unknown_override"]
+  workdir, proc = run.workdir, run.result()
+  assert_user_error(proc, "train.bogus")
+  assert "FATAL" not in proc.stderr
+  assert not workdir.exists()
+
+
+def test_unknown_config_key_in_config_file(runs):
+  run = runs["unknown_key_in_file"]
+  workdir, proc = run.workdir, run.result()
+  assert_user_error(proc, "train.bogus_key")
+  assert not workdir.exists()
+
+
+def test_unknown_objective(runs):
+  run = runs["unknown_objective"]
+  workdir, proc = run.workdir, run.result()
+  assert_user_error(proc, "'nope'")
+  assert no_checkpoints(workdir)
+
+
+def test_mesh_that_does_not_fit_the_devices(runs):
+  run = runs["mesh"]
+  workdir, proc = run.workdir, run.result()
+  last = assert_user_error(proc, "mesh", "8")
+  assert "'data': 3" in last
+  assert no_checkpoints(workdir)
+
+
+def test_batch_not_divisible_by_data_parallel_devices(runs):
+  run = runs["batch"]
+  workdir, proc = run.workdir, run.result()
+  assert_user_error(proc, "global_batch", "12", "8 data-parallel devices")
+  assert no_checkpoints(workdir)
+
+
+def test_eval_without_checkpoint(runs):
+  run = runs["missing_checkpoint"]
+  workdir, proc = run.workdir, run.result()
+  assert_user_error(proc, "no checkpoint", str(workdir))
+  assert list(workdir.iterdir()) == []  # nothing created: no checkpoints dir, no eval.json
+
+
+def test_non_finite_loss(runs):
+  run = runs["non_finite"]
+  workdir, proc = run.workdir, run.result()
+  last = assert_user_error(proc, "non-finite", "ar")
+  bad_step = int(re.search(r"at step (\d+)", last).group(1))
+  assert bad_step >= 2
+  ckpts = sorted(int(p.name) for p in (workdir / "ar" / "checkpoints").iterdir())
+  assert ckpts == list(range(1, bad_step))[-3:]  # every good step, the last keep_checkpoints
+  records = [json.loads(line)
+             for line in (workdir / "ar" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == list(range(1, bad_step))
+  assert not (workdir / "results.json").exists()
+
+
+# ---- runs against a trained workdir ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(runs, tmp_path_factory):
+  """(env, workdir) of the finished 16-step run; tests work on copies of it."""
+  proc = runs["trained"].result()
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  workdir = runs["trained"].workdir
+  steps = sorted(int(p.name) for p in (workdir / "ar" / "checkpoints").iterdir())
+  assert steps == [8, 12, 16]
+  return cli_env(tmp_path_factory), workdir
+
+
+def copy_of(trained, tmp_path) -> Path:
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[1], workdir)
+  return workdir
+
+
+def test_corrupt_checkpoint(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  ckpts = workdir / "ar" / "checkpoints"
+  data_files = [p for p in (ckpts / "16" / "state").rglob("*")
+                if p.is_file() and p.parent.name == "d"]
+  assert data_files
+  for p in data_files:  # as if the writer died half-way (Orbax's commit marker still says done)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  before = tree_digest(ckpts)
+  proc = run_cli(trained[0], workdir)
+  assert_user_error(proc, "checkpoint step 16", "unreadable", str(ckpts / "16"))
+  assert tree_digest(ckpts) == before  # neither the damaged step nor 8 and 12 were touched
+
+
+def test_workdir_of_another_config(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  before = tree_digest(workdir)
+  proc = run_cli(trained[0], workdir, "--config.train.lr=0.001")
+  assert_user_error(proc, "different config", "train.lr", str(workdir / "ar"))
+  assert tree_digest(workdir) == before
+
+
+def test_eval_of_a_trained_workdir(trained, tmp_path):
+  # The error cases' counterpart: --mode=eval reads the latest checkpoint and changes none.
+  workdir = copy_of(trained, tmp_path)
+  before = tree_digest(workdir / "ar")
+  proc = run_cli(trained[0], workdir, "--mode=eval")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  trained_result = json.loads((workdir / "results.json").read_text())[0]
+  eval_result = json.loads((workdir / "eval.json").read_text())[0]
+  assert eval_result["steps"] == 16
+  assert eval_result["val_mean"] == trained_result["val_mean"]
+  assert tree_digest(workdir / "ar") == before
