@@ -25,12 +25,43 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+  return None
+
+
+def _add_project_root(config_path: str | None) -> None:
+  """Experiments import the presets package `configs`: put the checkout holding it on sys.path,
+  so a config runs from any working directory."""
+  if not config_path:
+    return
+  here = os.path.dirname(os.path.abspath(config_path))
+  while True:
+    if os.path.isfile(os.path.join(here, "configs", "__init__.py")):
+      if here not in sys.path:
+        sys.path.insert(0, here)
+      return
+    parent = os.path.dirname(here)
+    if parent == here:
+      return
+    here = parent
+
+
 def _parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a traceback."""
+  config_path = _config_path(argv)
+  _add_project_root(config_path)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(" ".join(str(e).split()))
+  except (ImportError, SyntaxError, NameError) as e:
+    _fail(f"config file {config_path!r} failed to load ({type(e).__name__}: "
+          f"{' '.join(str(e).split())}): fix the file or run from the checkout holding configs/")
   except (AttributeError, KeyError) as e:
     # ml_collections: AttributeError(KeyError("'key'\nDid you mean ...")) for an unknown key.
     while e.args and isinstance(e.args[0], Exception):

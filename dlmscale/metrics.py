@@ -27,11 +27,17 @@ class MetricsWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def truncate_after(self, step: int) -> None:
-    """Drops records past `step` (a resumed run rewrites them, so the file matches a clean run)."""
+    """Drops records past `step` and eval records at `step` (a resumed run rewrites them, so the
+    file matches a clean run; a rerun of a finished run validates again)."""
     if not self.enabled or not os.path.exists(self.path):
       return
+
+    def keep(record):
+      is_eval = any(k.startswith("eval/") for k in record)
+      return record["step"] < step or (record["step"] == step and not is_eval)
+
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      kept = [line for line in f if line.strip() and keep(json.loads(line))]
     _atomic_write(self.path, "".join(kept))
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:

@@ -111,7 +111,11 @@ def test_loss_and_grads_match_single_device(losses_and_grads, mesh_name):
 def optimizer(model):
   tc = config.default_config().train
   tc.warmup_steps = 0  # lr > 0 at step 0, so one step moves the params
-  tc.lr = 1e-3
+  tc.lr = 1e-2
+  # Adam's first update is g / (|g| + eps): with the default eps 1e-8 that is sign(g), which turns
+  # fp32 reduction-order noise in a near-zero gradient into a jump of up to 2 lr. A larger eps
+  # keeps the update a smooth function of the gradient, so the comparison below can be tight.
+  tc.adam_eps = 1e-3
   return optim.make_optimizer(tc, 10, model.logical_axes), optim.make_schedule(tc, 10)
 
 
@@ -155,10 +159,10 @@ def test_train_step_matches_single_device(model, optimizer, step_reference, toke
   assert int(new_state["step"]) == 1 == int(ref_state["step"])
   for key in ("loss", "grad_norm", "lr", "mask_fraction"):
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
-  assert ref_metrics["lr"] == pytest.approx(1e-3)
+  assert ref_metrics["lr"] == pytest.approx(1e-2)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ref_state["params"], host_state["params"])
   assert min(jax.tree.leaves(moved)) > 1e-4  # the step changed every parameter
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                new_state["params"], ref_state["params"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
                new_state["opt_state"], ref_state["opt_state"])

@@ -211,6 +211,21 @@ def test_stop_and_resume_is_bitwise_equal(tiny_run, ar_exp, tmp_path):
   assert strip(got) == strip(want)
 
 
+def test_rerun_of_a_finished_run_changes_nothing(tiny_run, ar_exp, tmp_path):
+  """Running a finished run again trains no step, validates again, and leaves metrics.jsonl as it
+  was (one eval record, not two) and the checkpoints untouched."""
+  ref_dir, workdir, exp = tiny_run["workdir"] / "ar", tmp_path / "ar", ar_exp
+  ref = next(r for r in tiny_run["results"] if r["objective"] == "ar")
+  shutil.copytree(ref_dir, workdir)
+  exp.calls.clear()
+  result = runner.run_training(exp, str(workdir))
+  assert exp.calls == []
+  assert result["val_mean"] == ref["val_mean"]
+  assert (workdir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == sorted(
+      p.name for p in (ref_dir / "checkpoints").iterdir())
+
+
 def test_sigterm_while_logging_saves_the_step_it_stops_at(tiny_run, ar_exp, tmp_path,
                                                           monkeypatch):
   """SIGTERM that lands after a step decided not to save (here: while it is being logged) must
