@@ -73,7 +73,7 @@ def make_train_step(loss_fn, optimizer, schedule, *, grad_accum: int = 1,
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                  "opt_state": opt_state, "rng": state["rng"]}
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=schedule(state["step"]))
     return new_state, metrics
 
@@ -93,4 +93,9 @@ def microbatch_sharding(mesh, rules) -> NamedSharding:
 
 def create_state(model: Model, optimizer, seed: int, shardings: TrainState) -> TrainState:
   """Initialises the state directly into its shardings (no full copy on any one device)."""
-  return jax.jit(lambda: init_state(model, optimizer, seed), out_shardings=shardings)()
+  options = None
+  if jax.devices()[0].platform == "cpu":
+    # Init runs once; LLVM's optimisation of its RNG code costs more time than it saves.
+    options = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+  return jax.jit(lambda: init_state(model, optimizer, seed), out_shardings=shardings,
+                 compiler_options=options)()
