@@ -19,7 +19,7 @@ import jax  # noqa: E402
 
 from configs import models  # noqa: E402
 from dlmscale import config as config_lib  # noqa: E402
-from dlmscale import flops, parallel, runner, train  # noqa: E402
+from dlmscale import parallel, runner, train  # noqa: E402
 
 
 def time_steps(exp, steps: int) -> float:
@@ -69,7 +69,6 @@ def main() -> None:
     print(f"{name:<15}{step_tps:>12,.0f}{pipe_tps:>16,.0f}{pipe_tps / step_tps:>14,.0f}x"
           f"{gflops:>10.1f}", flush=True)
   print(f"model: {args.preset} {exp.model.param_counts()}, batch {args.batch} x {args.seq_len}")
-  del flops
 
 
 if __name__ == "__main__":

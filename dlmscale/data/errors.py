@@ -3,4 +3,4 @@ from dlmscale.errors import DlmscaleError
 
 
 class DataError(DlmscaleError, ValueError):
-    """Bad data input; the message names the problem and the fix on one line."""
+  """Bad data input; the message names the problem and the fix on one line."""
