@@ -14,6 +14,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dlmscale import checkpoint as ckpt_lib
@@ -171,6 +172,19 @@ def _log_window(exp, writer, pending, window_start_time, step, num_steps, run_st
   del run_start
 
 
+@jax.jit
+def _params_finite(params) -> jax.Array:
+  return jax.tree.reduce(lambda a, b: a & b, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
+
+
+def _check_params_finite(params, step: int, objective: str) -> None:
+  """Finite losses can still come with an update that overflowed; never checkpoint that."""
+  if not bool(_params_finite(params)):
+    raise NonFiniteLossError(
+        f"non-finite parameters after step {step} in {objective}: lower train.lr or raise "
+        "train.warmup_steps (no checkpoint past the last finite step was written)")
+
+
 def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None) -> dict:
   """Trains to the end of the token budget (or `stop_after` steps, for tests), then validates."""
   cfg, stream = exp.cfg, exp.stream
@@ -203,6 +217,7 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
           _log_window(exp, writer, pending, window_start, done, stream.num_steps, run_start)
           pending, window_start = [], time.time()
         if save_now:
+          _check_params_finite(state["params"], done, exp.objective)
           checkpointer.save(done, state, data_state(done))
         if preempted and done < end:
           checkpointer.wait()

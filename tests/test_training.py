@@ -362,3 +362,12 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, tmp_path_factory):
   assert [got[s]["train/loss"] for s in got] == [want[s]["train/loss"] for s in want]
   results = [json.loads((d / "results.json").read_text())[0] for d in (workdir, ref_dir)]
   assert results[0]["val_mean"] == results[1]["val_mean"]
+
+
+def test_overflowed_parameters_are_never_checkpointed():
+  from dlmscale.errors import NonFiniteLossError
+  params = {"a": np.ones((3,), np.float32), "b": {"c": np.ones((2, 2), np.float32)}}
+  runner._check_params_finite(params, 5, "ar")  # finite: no error
+  params["b"]["c"][1, 0] = np.inf
+  with pytest.raises(NonFiniteLossError, match="non-finite parameters after step 5"):
+    runner._check_params_finite(params, 5, "ar")
