@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,21 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from _shared import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
 # One objective, and a constant schedule so the compiled step does not depend on the step count
 # (test_training.py's SIGTERM test uses the same arguments and so the same compiled programs).
 BASE_ARGS = ("--config.objectives=('ar',)", "--config.train.schedule=constant")
 TIMEOUT_S = 300
-
-
-def cli_env(tmp_path_factory) -> dict:
-  env = dict(os.environ)
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-  return env
 
 
 def cli_command(workdir, *args, config=TINY) -> list[str]:

@@ -15,6 +15,7 @@ from dlmscale.models.layers import attention_weights, dropout
 from dlmscale.models.model import build_model
 from dlmscale.models.transformer import ModelConfig
 from dlmscale.parallel import DEFAULT_RULES
+from _shared import random_params
 
 # Test-only codegen settings (LLVM -O0, legacy CPU fusion emitters): compiles ~5x faster on CPU
 # than the defaults; equivalence tests compare programs built the same way.
@@ -26,19 +27,6 @@ BASE = dict(vocab_size=V, num_layers=2, d_model=32, num_heads=4, d_ff=64, dtype=
 
 def make_cfg(**kw):
   return ModelConfig(**dict(BASE, **kw))
-
-
-def random_params(model, seed=0, std=0.1):
-  """Params of the model's shapes: matrices N(0, std), norm scales 1 + N(0, 0.1) (so a scale that
-  is ignored or misapplied shows up)."""
-  rng = np.random.default_rng(seed)
-
-  def one(path, leaf):
-    scale = getattr(path[-1], "key", None) == "scale"
-    noise = rng.standard_normal(leaf.shape)
-    return jnp.asarray(1.0 + 0.1 * noise if scale else std * noise, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(one, model.abstract_params)
 
 
 def unstack(params, n):

@@ -15,6 +15,7 @@ from dlmscale import objectives
 from dlmscale.errors import ConfigError
 from dlmscale.models.model import build_model
 from dlmscale.models.transformer import ModelConfig
+from _shared import random_params
 
 # Test-only codegen settings (LLVM -O0, legacy CPU fusion emitters): compiles ~5x faster on CPU
 # than the defaults; every check here is about numbers, not codegen.
@@ -23,17 +24,6 @@ jit = functools.partial(jax.jit, compiler_options=FAST)
 V, L = 64, 16
 MASK = V - 1  # tokens are drawn from [0, MASK), so a mask id in the input is always a masked slot
 LOG_V = math.log(V)
-
-
-def random_params(model, seed=0, std=0.1):
-  rng = np.random.default_rng(seed)
-
-  def one(path, leaf):
-    scale = getattr(path[-1], "key", None) == "scale"
-    noise = rng.standard_normal(leaf.shape)
-    return jnp.asarray(1.0 + 0.1 * noise if scale else std * noise, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(one, model.abstract_params)
 
 
 def tokens_for(seed, shape):

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import pytest
 
+from _shared import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
 if str(REPO) not in sys.path:  # the config files import `configs.models` from the repo root
@@ -291,15 +293,6 @@ SIGTERM_STEPS = 100
 SIGTERM_ARGS = ["--config.objectives=('ar',)", "--config.train.schedule=constant",
                 f"--config.data.total_tokens={SIGTERM_STEPS * 16 * 32}",
                 "--config.train.log_every=1", "--config.train.checkpoint_every=50"]
-
-
-def cli_env(tmp_path_factory) -> dict:
-  env = dict(os.environ)
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-  return env
 
 
 def cli_command(workdir, *args) -> list[str]:

@@ -1,0 +1,30 @@
+"""Helpers shared by several test files."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_params(model, seed=0, std=0.1):
+  """Params of the model's shapes: matrices N(0, std), norm scales 1 + N(0, 0.1) (so a scale that
+  is ignored or misapplied shows up)."""
+  rng = np.random.default_rng(seed)
+
+  def one(path, leaf):
+    scale = getattr(path[-1], "key", None) == "scale"
+    noise = rng.standard_normal(leaf.shape)
+    return jnp.asarray(1.0 + 0.1 * noise if scale else std * noise, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(one, model.abstract_params)
+
+
+def cli_env(tmp_path_factory) -> dict:
+  """Environment for CLI subprocesses: 8 fake CPU devices and a compilation cache shared by the
+  session's runs (same arguments -> same compiled programs)."""
+  env = dict(os.environ)
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  return env
