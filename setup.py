@@ -24,7 +24,7 @@ setup(
         "tensorboardX>=2.6.2,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        "test": ["pytest>=8,<10", "scipy>=1.13,<2"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "seqio": ["seqio>=0.0.20"],
         "tfds": ["tensorflow-datasets>=4.9"],

@@ -21,8 +21,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # Each objective is trained into <workdir>/<objective> on the same token stream.
   c.objectives = ("ar",)
-  # Overrides of each objective's default arguments, e.g. objective_args.mdm.weighting.
-  c.objective_args = ml_collections.ConfigDict({n: {} for n in objectives.names()})
+  # Each registered objective's arguments, e.g. objective_args.mdm.weighting.
+  c.objective_args = ml_collections.ConfigDict(
+      {n: dict(objectives.DEFAULT_ARGS[n]) for n in objectives.names()})
 
   c.model = ml_collections.ConfigDict(dict(
       vocab_size=0,  # 0: the tokenizer's vocabulary rounded up to vocab_multiple
@@ -66,13 +67,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"unknown config key {path!r}{hint}: remove it or use a key from "
                       "dlmscale.config.default_config()")
-  objs = (cfg.objectives,) if isinstance(cfg.objectives, str) else tuple(cfg.objectives)
+  objs = objective_names(cfg)
   if not objs:
     raise ConfigError("config.objectives is empty: name at least one, e.g. ('ar', 'mdm')")
-  for name in objs:
+  for name in set(objs) | set(cfg.objective_args):
     objectives.resolve_args(name, cfg.objective_args.get(name), mask_id=0)
-  for name in cfg.objective_args:
-    objectives.get(name)
   if cfg.model.remat not in REMAT_POLICIES:
     raise ConfigError(f"unknown model.remat {cfg.model.remat!r}: use one of {list(REMAT_POLICIES)}")
   if cfg.model.d_model % cfg.model.num_heads and not cfg.model.head_dim:
@@ -96,7 +95,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def objective_names(cfg) -> tuple[str, ...]:
-  return (cfg.objectives,) if isinstance(cfg.objectives, str) else tuple(cfg.objectives)
+  """config.objectives as a tuple; 'ar,mdm' (a plain command-line override) is split on commas."""
+  names = (cfg.objectives,) if isinstance(cfg.objectives, str) else tuple(cfg.objectives)
+  return tuple(n.strip() for name in names for n in name.split(",") if n.strip())
 
 
 def model_config(cfg, tokenizer_vocab: int) -> ModelConfig:

@@ -27,7 +27,7 @@ def _announce(exp) -> None:
         f"(asked {s['unique_tokens_requested']:,}), total T={s['total_tokens_actual']:,} "
         f"(asked {s['total_tokens_requested']:,}), {s['num_epochs']:.2f} epochs, "
         f"{s['num_steps']} steps of {exp.stream.tokens_per_step:,} tokens, "
-        f"stream {exp.stream.fingerprint()[:16]}", flush=True)
+        f"stream {s['fingerprint'][:16]}", flush=True)
 
 
 def train_all(cfg, workdir: str) -> list[dict]:

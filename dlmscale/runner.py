@@ -148,7 +148,7 @@ def _restore_or_init(exp: Experiment, checkpointer):
   return state, int(data_state["next_step"])
 
 
-def _log_window(exp, writer, pending, window_start_time, step, num_steps, run_start):
+def _log_window(exp, writer, pending, window_start_time, step, num_steps, timed_steps):
   """Fetches the metrics of the last steps, checks they are finite, writes their mean."""
   values = jax.device_get(pending)
   for i, m in enumerate(values):
@@ -160,16 +160,16 @@ def _log_window(exp, writer, pending, window_start_time, step, num_steps, run_st
           "last finite step was written)")
   mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
   elapsed = time.time() - window_start_time
-  tokens_per_s = len(values) * exp.stream.tokens_per_step / max(elapsed, 1e-9)
+  timed_steps = max(timed_steps, 1)
+  tokens_per_s = timed_steps * exp.stream.tokens_per_step / max(elapsed, 1e-9)
   mfu = flops.mfu(tokens_per_s, exp.flops_per_token,
                   flops.peak_flops_per_device(exp.cfg.train.peak_flops_per_device))
   writer.write(step, dict(mean, tokens_per_s=tokens_per_s, epoch=exp.stream.epoch_at(step),
                           tokens_seen=step * exp.stream.tokens_per_step))
-  eta = (num_steps - step) * elapsed / len(values)
+  eta = (num_steps - step) * elapsed / timed_steps
   if jax.process_index() == 0:
     print(progress_line(exp.objective, step, num_steps, mean["loss"], tokens_per_s, mfu, eta,
                         exp.stream.epoch_at(step)), flush=True)
-  del run_start
 
 
 @jax.jit
@@ -204,17 +204,21 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
     end = stream.num_steps if stop_after is None else min(stop_after, stream.num_steps)
     stream_fingerprint = stream.fingerprint()
     data_state = lambda s: {"next_step": s, "stream_fingerprint": stream_fingerprint}
-    pending, window_start, run_start = [], time.time(), time.time()
+    pending, window_start = [], time.time()
     with _SigtermFlag() as sigterm, stream.iterator(start) as batches:
       for step in range(start, end):
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
         pending.append(metrics)
+        if step == start:  # the first step compiles: keep it out of tokens/s and the ETA
+          jax.block_until_ready(metrics)
+          window_start = time.time()
         done = step + 1
         preempted = sigterm.raised  # read once: SIGTERM may land mid-step, after save_now
         save_now = done % cfg.train.checkpoint_every == 0 or done == end or preempted
         if done % cfg.train.log_every == 0 or save_now:
-          _log_window(exp, writer, pending, window_start, done, stream.num_steps, run_start)
+          timed = len(pending) - (1 if done - len(pending) == start else 0)
+          _log_window(exp, writer, pending, window_start, done, stream.num_steps, timed)
           pending, window_start = [], time.time()
         if save_now:
           _check_params_finite(state["params"], done, exp.objective)
