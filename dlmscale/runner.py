@@ -229,7 +229,8 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
                           f"in {checkpointer.directory}: rerun the same command to resume")
     checkpointer.wait()
     result = {"objective": exp.objective, "steps": end,
-              "tokens_seen": end * stream.tokens_per_step, "epochs": stream.epoch_at(end)}
+              "tokens_seen": end * stream.tokens_per_step, "epochs": stream.epoch_at(end),
+              "stream_fingerprint": stream_fingerprint}
     if end == stream.num_steps:
       result.update(validate(exp, state["params"]))
       writer.write(end, {k: result[k] for k in ("val_mean", "val_stderr")}, prefix="eval")

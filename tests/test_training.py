@@ -173,6 +173,9 @@ def test_objectives_share_the_stream(tiny_run):
   # What train_all printed is that fingerprint, for both objectives.
   printed = dict(re.findall(r"^\[(\w+)\] data: .* stream ([0-9a-f]+)$", tiny_run["stdout"], re.M))
   assert printed == {"ar": fp["ar"][:16], "mdm": fp["ar"][:16]}
+  # results.json records the full fingerprint each run trained on.
+  recorded = json.loads((tiny_run["workdir"] / "results.json").read_text())
+  assert {r["objective"]: r["stream_fingerprint"] for r in recorded} == fp
   # ...and it identifies the stream: another data seed gives another fingerprint.
   other = TokenStream(exps["ar"].corpus.train_NxL, unique_tokens=cfg.data.unique_tokens,
                       total_tokens=cfg.data.total_tokens, global_batch=cfg.train.global_batch,
