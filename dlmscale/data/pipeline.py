@@ -77,6 +77,7 @@ class TokenStream:
     self._total_requested = int(total_tokens)
     self._global_batch = int(global_batch)
     self._seed = int(seed)
+    self._fingerprints: dict[int, str] = {}
     self._process_index = int(process_index)
     self._local_batch = self._global_batch // process_count
     self._n_unique = unique_tokens // seq_len
@@ -177,6 +178,12 @@ class TokenStream:
     num_steps = self._num_steps if num_steps is None else num_steps
     if not 0 <= num_steps <= self._num_steps:
       raise DataError(f"num_steps={num_steps} must be in [0, {self._num_steps}]")
+    # The stream is immutable and hashing the cap costs seconds at paper scale: hash once.
+    if num_steps not in self._fingerprints:
+      self._fingerprints[num_steps] = self._compute_fingerprint(num_steps)
+    return self._fingerprints[num_steps]
+
+  def _compute_fingerprint(self, num_steps: int) -> str:
     h = hashlib.sha256(json.dumps({
         "seq_len": self._seq_len, "n_unique": self._n_unique,
         "global_batch": self._global_batch, "num_steps": num_steps}).encode())
