@@ -7,7 +7,7 @@ import numpy as np
 
 from dlmscale.data.errors import DataError
 from dlmscale.data.packing import is_validation, pack, token_dtype
-from dlmscale.data.sources import get_documents
+from dlmscale.data.sources import SourceContext, iter_documents
 from dlmscale.data.tokenizers import get_tokenizer
 
 
@@ -49,9 +49,10 @@ def load_corpus(corpus: str, tokenizer: str, seq_len: int, val_fraction: float, 
 @functools.lru_cache(maxsize=4)
 def _load(corpus, tokenizer_name, seq_len, val_fraction, seed, max_val_sequences):
   tok = get_tokenizer(tokenizer_name)
-  stats = {}
+  ctx = SourceContext()
+  stats = ctx.stats
   splits = {"train": [], "val": []}
-  for name, text in get_documents(corpus, stats=stats):
+  for name, text in iter_documents(corpus, ctx):
     split = "val" if is_validation(name, val_fraction, seed) else "train"
     splits[split].append(tok.encode(text))
   if not splits["train"] and not splits["val"]:
@@ -86,7 +87,7 @@ def _load(corpus, tokenizer_name, seq_len, val_fraction, seed, max_val_sequences
       "seed": seed,
       "num_documents_train": len(splits["train"]),
       "num_documents_val": len(splits["val"]),
-      "num_documents_undecodable": stats.get("undecodable", 0),
+      "num_documents_undecodable": stats.get("undecodable_skipped", 0),
       # Document tokens including one eod each, before the tail is dropped.
       "num_tokens_train": sum(a.size + 1 for a in splits["train"]),
       "num_tokens_val": sum(a.size + 1 for a in splits["val"]),
