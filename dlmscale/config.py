@@ -32,9 +32,15 @@ def default_config() -> ml_collections.ConfigDict:
       qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="none",
       dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0))
 
+  # Preparation (what the prepared data holds): sources are spec strings joined by ';'.
   c.data = ml_collections.ConfigDict(dict(
-      corpus="python_stdlib", tokenizer="byte", seq_len=128, val_fraction=0.02,
-      max_val_sequences=256, unique_tokens=1_000_000, total_tokens=4_000_000, seed=0))
+      sources="python_stdlib", tokenizer="byte", on_decode_error="error", decontaminate="",
+      decontaminate_ngram=13, seq_len=128, val_fraction=0.02, split_seed=0,
+      split_unit="document",  # or "directory": hold out whole folders
+      # '' = a cache directory named by the preparation's content hash ($DLMSCALE_DATA_DIR).
+      prepared_dir="", workers=1, records_per_shard=65536,
+      # Training stream: budget U (unique), T (total), order seed, Grain worker processes.
+      unique_tokens=1_000_000, total_tokens=4_000_000, seed=0, loader_workers=0))
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch=32, grad_accum=1, lr=3e-3, min_lr=3e-4, schedule="wsd", warmup_steps=50,
@@ -42,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
       log_every=25, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
       peak_flops_per_device=0.0))  # 0: look the chip up; CPU has no known peak
 
+  # max_sequences: evenly spaced validation rows (None: all of them).
   c.eval = ml_collections.ConfigDict(dict(batch_size=32, mask_samples=8, max_sequences=256))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))

@@ -1,4 +1,9 @@
-"""CLI: python -m dlmscale.main --config=FILE[:arg] --workdir=DIR [--mode=train|eval]."""
+"""CLI: python -m dlmscale.main --config=FILE[:arg] [--workdir=DIR] [--mode=MODE].
+
+Modes: train (every objective, then validate), eval (validate checkpoints), prepare (tokenize and
+pack the corpus once), fingerprint (print the token-stream hash without training). The console
+script also takes the mode as a subcommand: `dlmscale prepare --config=...`.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,8 +17,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train every objective and validate; eval: validate checkpoints.")
+MODES = ("train", "eval", "prepare", "fingerprint")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES),
+                          "train: train every objective and validate; eval: validate checkpoints; "
+                          "prepare: prepare the corpus; fingerprint: print the stream hash.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -84,12 +91,12 @@ def main(argv) -> None:
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
   if not os.path.isfile(config_file):
     _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
-  if not _WORKDIR.value:
-    _fail("--workdir is required, e.g. --workdir=runs/quickstart")
+  if not _WORKDIR.value and _MODE.value in ("train", "eval"):
+    _fail(f"--workdir is required for --mode={_MODE.value}, e.g. --workdir=runs/quickstart")
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from dlmscale import experiment  # after flag parsing: keeps --help fast
+  from dlmscale import commands, experiment  # after flag parsing: keeps --help fast
   from dlmscale.errors import DlmscaleError
   from dlmscale.data import DataError
   from dlmscale.parallel import maybe_initialize_distributed
@@ -98,8 +105,12 @@ def main(argv) -> None:
                                  _CPU_COLLECTIVES.value)
     if _MODE.value == "train":
       experiment.train_all(_CONFIG.value, _WORKDIR.value)
-    else:
+    elif _MODE.value == "eval":
       experiment.evaluate_all(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "prepare":
+      commands.print_json(commands.prepare_corpus(_CONFIG.value))
+    else:
+      commands.print_json(commands.stream_identity(_CONFIG.value))
   except experiment.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(143)
@@ -116,7 +127,15 @@ def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:
   _default(unraisable)
 
 
+def _subcommand_to_flag(argv: list[str]) -> list[str]:
+  """`dlmscale prepare --config=...` is `--mode=prepare --config=...`."""
+  if len(argv) > 1 and argv[1] in MODES:
+    return [argv[0], f"--mode={argv[1]}", *argv[2:]]
+  return argv
+
+
 def run() -> None:
+  sys.argv = _subcommand_to_flag(sys.argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.unraisablehook = _drop_closed_loop_noise
   app.run(main, flags_parser=_parse_flags)

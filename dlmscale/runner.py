@@ -20,7 +20,7 @@ import numpy as np
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
 from dlmscale import flops, objectives, optim, parallel, train
-from dlmscale.data import TokenStream, load_corpus
+from dlmscale.data import TokenStream, ensure_prepared, validation_subset
 from dlmscale.errors import CheckpointError, NonFiniteLossError
 from dlmscale.evaluation.validation import evaluate_validation
 from dlmscale.metrics import MetricsWriter, progress_line
@@ -78,10 +78,9 @@ class Experiment:
 def build_experiment(cfg, objective: str, devices=None) -> Experiment:
   config_lib.validate(cfg)
   d = cfg.data
-  corpus = load_corpus(d.corpus, d.tokenizer, d.seq_len, d.val_fraction, d.seed,
-                       d.max_val_sequences)
+  corpus = ensure_prepared(d)
   tok = corpus.tokenizer
-  stream = TokenStream(corpus.train_NxL, unique_tokens=d.unique_tokens,
+  stream = TokenStream(corpus.train, unique_tokens=d.unique_tokens,
                        total_tokens=d.total_tokens, global_batch=cfg.train.global_batch,
                        seed=d.seed, process_index=jax.process_index(),
                        process_count=jax.process_count())
@@ -205,7 +204,7 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
     stream_fingerprint = stream.fingerprint()
     data_state = lambda s: {"next_step": s, "stream_fingerprint": stream_fingerprint}
     pending, window_start = [], time.time()
-    with _SigtermFlag() as sigterm, stream.iterator(start) as batches:
+    with _SigtermFlag() as sigterm, stream.iterator(start, workers=exp.cfg.data.loader_workers) as batches:
       for step in range(start, end):
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
@@ -244,7 +243,7 @@ def validate(exp: Experiment, params) -> dict:
   """Validation NLL (AR) or ELBO bound (DLM) per token on the held-out sequences."""
   kind = objectives.kind_of(exp.objective)
   e = exp.cfg.eval
-  val = exp.corpus.val_MxL[:e.max_sequences]
+  val = validation_subset(exp.corpus.val, e.max_sequences)
   out = evaluate_validation(exp.model, params, val, kind, mesh=exp.mesh, rules=tuple(exp.cfg.rules),
                             batch_size=e.batch_size, num_samples=e.mask_samples,
                             mask_id=exp.corpus.tokenizer.mask_id, seed=exp.cfg.seed)

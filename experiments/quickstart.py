@@ -12,7 +12,7 @@ def get_config():
   c = default_config()
   c.objectives = ("ar", "mdm")
   c.model.update(models.TINY)
-  c.data.update(seq_len=128, unique_tokens=600_000, total_tokens=3_000_000)
+  c.data.update(split_unit="directory", seq_len=128, unique_tokens=600_000, total_tokens=3_000_000)
   c.train.update(optimizers.CPU_FAST)
   c.train.update(global_batch=32, log_every=50, checkpoint_every=250)
   c.eval.update(batch_size=64, mask_samples=8, max_sequences=256)

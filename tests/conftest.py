@@ -3,11 +3,15 @@
 XLA_FLAGS must be set before JAX is imported anywhere, which is why this lives in conftest.
 """
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Prepared corpora go to a fresh per-session cache (inherited by CLI subprocesses), so tests
+# never read or fill the user's ~/.cache/dlmscale.
+os.environ["DLMSCALE_DATA_DIR"] = tempfile.mkdtemp(prefix="dlmscale-test-data-")
 
 import jax  # noqa: E402
 

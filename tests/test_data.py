@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from dlmscale.data import (ByteTokenizer, DataError, TokenStream, get_tokenizer, load_corpus,
-                           validation_batches)
+from dlmscale.config import default_config
+from dlmscale.data import (ByteTokenizer, DataError, TokenStream, get_tokenizer, prepare,
+                           open_prepared, validation_batches, validation_subset)
 from dlmscale.data import sources
 from dlmscale.data.packing import is_validation, pack
 
@@ -27,8 +28,12 @@ def row_ids(ts, steps=None):
 
 
 @pytest.fixture(scope="module")
-def stdlib64():
-  return load_corpus("python_stdlib", "byte", 64, 0.02, 0)
+def stdlib64(tmp_path_factory):
+  d = default_config().data
+  d.update(seq_len=64, split_unit="directory")
+  directory = str(tmp_path_factory.mktemp("prepared") / "stdlib64")
+  prepare(d, directory)
+  return open_prepared(directory, d)
 
 
 # ---- tokenizer ----------------------------------------------------------------------------
@@ -53,19 +58,23 @@ def test_tokenizer_fingerprint_stable_and_unknown_name():
 
 # ---- source -------------------------------------------------------------------------------
 def test_stdlib_documents_sorted_without_tests_or_site_packages():
-  stats = {}
-  names = [name for name, _ in sources.python_stdlib_documents(stats=stats)]
+  ctx = sources.SourceContext(on_decode_error="skip")
+  names = [name for name, _ in sources.iter_documents("python_stdlib", ctx)]
   assert names == sorted(names) and len(names) == len(set(names))
   assert "os.py" in names and "json/__init__.py" in names
   for name in names:
     parts = name.split("/")
     assert not {"test", "tests", "idle_test", "site-packages"} & set(parts), name
-  assert stats["documents"] == len(names)
-  with_tests = [name for name, _ in sources.python_stdlib_documents(include_tests=True)]
+  with_tests = [name for name, _ in sources.iter_documents("python_stdlib?include_tests=true",
+                                                           ctx)]
   assert set(names) < set(with_tests)
   assert any(n.startswith("test/") for n in with_tests)
+  # The test suite ships Latin-1 files on purpose: skipped and counted, never silently kept.
+  assert ctx.stats["undecodable_skipped"] >= 1
+  with pytest.raises(DataError, match="invalid UTF-8 at byte offset"):
+    list(sources.iter_documents("python_stdlib?include_tests=true"))
   with pytest.raises(DataError, match="python_stdlib"):
-    sources.get_documents("wikipedia")
+    sources.iter_documents("wikipedia")
 
 
 # ---- packing ------------------------------------------------------------------------------
@@ -88,54 +97,35 @@ def test_pack_layout_dtype_and_tail():
     pack([np.array([70000])], 2, eod_id=0, dtype=np.uint16)
 
 
-# ---- corpus -------------------------------------------------------------------------------
+# ---- prepared corpus ----------------------------------------------------------------------
 def test_stdlib_validation_never_in_training(stdlib64):
   c = stdlib64
-  assert c.train_NxL.shape[1] == c.val_MxL.shape[1] == 64
-  train_rows = set(map(bytes, c.train_NxL))
-  assert not any(bytes(r) in train_rows for r in c.val_MxL)
-  assert c.meta["num_val_sequences_dropped_as_in_train"] < 0.1 * len(c.val_MxL)
+  train_NxL, val_MxL = c.train.to_numpy(), c.val.to_numpy()
+  assert train_NxL.shape[1] == val_MxL.shape[1] == 64
+  train_rows = set(map(bytes, train_NxL))
+  assert not any(bytes(r) in train_rows for r in val_MxL)
+  val_meta, train_meta = c.meta["splits"]["val"], c.meta["splits"]["train"]
+  assert 0 < val_meta["num_sequences_dropped_as_in_train"] < 0.15 * len(val_MxL)
   # Packing offsets differ between splits, so also search unaligned: a leaked document's
   # rows would all be found; only templated files (encodings/cp*.py) legitimately are.
   as_bytes = lambda a: np.where(a >= 256, 0, a).astype(np.uint8).tobytes()  # noqa: E731
-  train_text = as_bytes(c.train_NxL)
-  sample = c.val_MxL[::10]
+  train_text = as_bytes(train_NxL)
+  sample = val_MxL[::10]
   found = sum(as_bytes(r) in train_text for r in sample)
   assert found < 0.25 * len(sample)
-  assert c.meta["num_documents_val"] > 0 and c.meta["num_documents_train"] > 0
-  assert c.meta["num_sequences_train"] == len(c.train_NxL)
-  assert c.meta["num_tokens_train"] // 64 == len(c.train_NxL)
-  assert "import" in c.tokenizer.decode(c.train_NxL[:64])
-  assert c.train_NxL.max() <= c.tokenizer.eod_id
+  assert val_meta["num_documents"] > 0 and train_meta["num_documents"] > 0
+  assert train_meta["num_sequences"] == len(train_NxL)
+  assert train_meta["num_tokens"] == 64 * len(train_NxL) + train_meta["num_tail_tokens_dropped"]
+  assert "import" in c.tokenizer.decode(train_NxL[:64])
+  assert train_NxL.max() <= c.tokenizer.eod_id
 
 
-def test_load_corpus_memoized_and_read_only(stdlib64):
-  again = load_corpus(corpus="python_stdlib", tokenizer="byte", seq_len=64,
-                      val_fraction=0.02, seed=0)
-  assert again is stdlib64
-  with pytest.raises(ValueError):
-    again.train_NxL[0, 0] = 1
-  capped = load_corpus("python_stdlib", "byte", 64, 0.02, 0, max_val_sequences=10)
-  assert len(capped.val_MxL) == 10
-  assert set(map(bytes, capped.val_MxL)) <= set(map(bytes, stdlib64.val_MxL))
-  assert capped.meta["train_fingerprint"] == stdlib64.meta["train_fingerprint"]
-
-
-@pytest.mark.parametrize("kw, match", [
-    (dict(seq_len=1), "seq_len"),
-    (dict(val_fraction=0.0), "val_fraction"),
-    (dict(val_fraction=1.0), "val_fraction"),
-    (dict(corpus="nope"), "python_stdlib"),
-    (dict(tokenizer="nope"), "byte"),
-    (dict(seq_len=10**9), "no full sequence"),
-    (dict(corpus="empty"), "no documents"),
-])
-def test_load_corpus_errors(monkeypatch, kw, match):
-  monkeypatch.setitem(sources._SOURCES, "empty", lambda **_: iter(()))
-  args = dict(corpus="python_stdlib", tokenizer="byte", seq_len=64, val_fraction=0.02, seed=0)
-  args.update(kw)
-  with pytest.raises(DataError, match=match):
-    load_corpus(**args)
+def test_validation_subset_evenly_spaced(stdlib64):
+  val_MxL = stdlib64.val.to_numpy()
+  sub = validation_subset(stdlib64.val, 10)
+  assert sub.shape == (10, 64) and sub.dtype == np.int32
+  np.testing.assert_array_equal(sub, val_MxL[np.arange(10) * len(val_MxL) // 10])
+  assert len(validation_subset(stdlib64.val, None)) == len(val_MxL)
 
 
 # ---- stream -------------------------------------------------------------------------------
@@ -201,19 +191,21 @@ def test_grain_dataset_matches_local_batches():
     np.testing.assert_array_equal(ds[k], ts.local_batch_at(k))
 
 
-@pytest.mark.parametrize("prefetch", [0, 3])
-def test_resumed_iterator_matches_uninterrupted(prefetch):
+@pytest.mark.parametrize("prefetch, workers", [(0, 0), (3, 0), (2, 2)])
+def test_resumed_iterator_matches_uninterrupted(prefetch, workers):
+  """Resume from any step gives the uninterrupted remainder, with threads or Grain processes."""
   ts = stream()
-  with ts.iterator(0, prefetch=prefetch) as it:
+  with ts.iterator(0, prefetch=0) as it:
     full = list(it)
   assert len(full) == ts.num_steps
   k = 13
-  with ts.iterator(0, prefetch=prefetch) as it:
-    for _ in range(k):
-      next(it)
+  with ts.iterator(0, prefetch=prefetch, workers=workers) as it:
+    head = [next(it) for _ in range(k)]
     state = it.get_state()
   assert state == {"next_step": k}
-  with stream().iterator(0, prefetch=prefetch) as resumed:
+  for got, want in zip(head, full):
+    np.testing.assert_array_equal(got, want)
+  with stream().iterator(0, prefetch=prefetch, workers=workers) as resumed:
     next(resumed)  # advance past 0 so set_state really has to move it
     resumed.set_state(state)
     rest = list(resumed)
@@ -236,14 +228,18 @@ def test_fingerprint_tracks_seed_and_budget():
   assert stream(changed).fingerprint() != base
 
 
-def test_real_corpus_stream(stdlib64):
-  train = stdlib64.train_NxL
-  ts = TokenStream(train, unique_tokens=200 * 64, total_tokens=3 * 200 * 64, global_batch=16,
-                   seed=0)
-  batch = ts.global_batch_at(ts.num_steps - 1)
-  rows = set(map(bytes, train[ts.capped_indices].astype(np.int32)))
-  assert all(bytes(r) in rows for r in batch)
-  assert ts.num_steps == 37 and ts.num_epochs == pytest.approx(37 * 16 / 200)
+def test_prepared_stream_equals_in_memory_stream(stdlib64):
+  """Reading rows from ArrayRecord shards changes nothing: same batches, same fingerprint."""
+  args = dict(unique_tokens=200 * 64, total_tokens=3 * 200 * 64, global_batch=16, seed=0)
+  on_disk = TokenStream(stdlib64.train, **args)
+  in_memory = TokenStream(stdlib64.train.to_numpy(), **args)
+  assert on_disk.num_steps == 37 and on_disk.num_epochs == pytest.approx(37 * 16 / 200)
+  for k in (0, 12, on_disk.num_steps - 1):
+    np.testing.assert_array_equal(on_disk.global_batch_at(k), in_memory.global_batch_at(k))
+  assert on_disk.fingerprint() == in_memory.fingerprint()
+  rows = set(map(bytes, in_memory.global_batch_at(0)))
+  capped = stdlib64.train[on_disk.capped_indices].astype(np.int32)
+  assert rows <= set(map(bytes, capped))
 
 
 def test_validation_batches_keep_every_row():

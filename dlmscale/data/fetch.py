@@ -37,11 +37,12 @@ def pip_installed(dist: str, version: str) -> bool:
     return False
 
 
-def _run(cmd: list[str], by_hand: str) -> None:
+def _run(what: str, cmd: list[str], by_hand: str) -> None:
   print("+ " + " ".join(cmd), flush=True)
   done = subprocess.run(cmd, check=False, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
   if done.returncode != 0:
-    raise DataError(f"{cmd[0]} {cmd[1]} failed (exit {done.returncode}); run by hand: {by_hand}")
+    raise DataError(f"{what} failed (exit {done.returncode}; is the package registry "
+                    f"reachable?); run by hand: {by_hand}")
 
 
 def fetch_apt(packages) -> list[str]:
@@ -55,8 +56,9 @@ def fetch_apt(packages) -> list[str]:
                     f"means, e.g. {by_hand}")
   if os.geteuid() != 0:
     raise DataError(f"installing {missing} needs root; run by hand: {by_hand}")
-  _run(["apt-get", "update", "-q"], by_hand)
-  _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], by_hand)
+  _run("apt-get update", ["apt-get", "update", "-q"], by_hand)
+  _run("apt-get install", ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+       by_hand)
   return missing
 
 
@@ -66,7 +68,7 @@ def fetch_pip(requirements) -> list[str]:
   if not missing:
     return []
   cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing]
-  _run(cmd, " ".join(["python", *cmd[1:]]))
+  _run("pip install", cmd, " ".join(["python", *cmd[1:]]))
   importlib.invalidate_caches()
   return missing
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from dlmscale.data.errors import DataError
 from dlmscale.data.iterator import StreamIterator
+from dlmscale.data.shards import PreparedSplit
 
 _HASH_ROWS = 1 << 14
 
@@ -43,12 +44,14 @@ def _cached_epoch_permutation(seed: int, n_unique: int, epoch: int) -> np.ndarra
 class TokenStream:
   """Token-matched, seed-determined stream of global batches over a capped train set."""
 
-  def __init__(self, train_NxL: np.ndarray, *, unique_tokens: int, total_tokens: int,
+  def __init__(self, train_NxL, *, unique_tokens: int, total_tokens: int,
                global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
-    train_NxL = np.asarray(train_NxL)
+    """train_NxL: an [N, L] array or a PreparedSplit (read on demand, never loaded whole)."""
+    if not isinstance(train_NxL, PreparedSplit):
+      train_NxL = np.asarray(train_NxL)
     if train_NxL.ndim != 2 or train_NxL.shape[0] == 0:
       raise DataError(f"train_NxL must be a non-empty [N, L] array, got shape "
-                      f"{train_NxL.shape}; pass PackedCorpus.train_NxL")
+                      f"{train_NxL.shape}; pass PreparedData.train")
     n, seq_len = train_NxL.shape
     available = n * seq_len
     if unique_tokens > available:
@@ -165,8 +168,9 @@ class TokenStream:
     """Grain MapDataset whose element k is local_batch_at(k)."""
     return grain.MapDataset.range(self._num_steps).map(self.local_batch_at)
 
-  def iterator(self, start_step: int = 0, prefetch: int = 2) -> StreamIterator:
-    return StreamIterator(self, start_step, prefetch)
+  def iterator(self, start_step: int = 0, prefetch: int = 2, workers: int = 0) -> StreamIterator:
+    """Local batches from start_step; workers > 0 reads them in Grain worker processes."""
+    return StreamIterator(self, start_step, prefetch, workers)
 
   # ---- identity ----------------------------------------------------------------------
   def fingerprint(self, num_steps: int | None = None) -> str:
@@ -216,6 +220,14 @@ class TokenStream:
     }
 
 
+def array_fingerprint(x_NxL) -> str:
+  """sha256 of shape and int32 content, so the storage dtype does not change it."""
+  x_NxL = np.asarray(x_NxL)
+  h = hashlib.sha256(repr(tuple(x_NxL.shape)).encode())
+  h.update(np.ascontiguousarray(x_NxL, dtype="<i4").tobytes())
+  return h.hexdigest()
+
+
 def validation_batches(val_MxL: np.ndarray, batch_size: int) -> list[np.ndarray]:
   """Every validation row exactly once: full [batch_size, L] batches then a smaller last one."""
   if batch_size < 1:
@@ -224,3 +236,15 @@ def validation_batches(val_MxL: np.ndarray, batch_size: int) -> list[np.ndarray]
     raise DataError("no validation sequences; load the corpus with a larger val_fraction")
   val_MxL = np.asarray(val_MxL, dtype=np.int32)
   return [val_MxL[i:i + batch_size] for i in range(0, len(val_MxL), batch_size)]
+
+
+def validation_subset(val_MxL, max_sequences: int | None) -> np.ndarray:
+  """[<=max, L] int32: evenly spaced rows, so a subset still covers every document region."""
+  m = len(val_MxL)
+  if max_sequences is None or max_sequences >= m:
+    rows = np.arange(m)
+  elif max_sequences < 1:
+    raise DataError(f"max_val_sequences must be >= 1, got {max_sequences}")
+  else:
+    rows = np.arange(max_sequences) * m // max_sequences
+  return np.asarray(val_MxL[rows], dtype=np.int32)

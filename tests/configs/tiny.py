@@ -16,8 +16,8 @@ def get_config():
   c = default_config()
   c.objectives = ("ar", "mdm")
   c.model.update(models.TINY)
-  c.data.update(seq_len=SEQ_LEN, unique_tokens=20_000,
-                total_tokens=NUM_STEPS * GLOBAL_BATCH * SEQ_LEN, max_val_sequences=64)
+  c.data.update(split_unit="directory", seq_len=SEQ_LEN, unique_tokens=20_000,
+                total_tokens=NUM_STEPS * GLOBAL_BATCH * SEQ_LEN)
   c.train.update(global_batch=GLOBAL_BATCH, lr=3e-3, warmup_steps=2, log_every=2,
                  checkpoint_every=4)
   c.eval.update(batch_size=32, mask_samples=2, max_sequences=32)

@@ -1,0 +1,333 @@
+"""Prepare: documents -> tokens -> packed [seq_len] rows -> ArrayRecord shards + meta.json.
+
+Streaming (memory does not grow with the corpus), deterministic (the same config gives
+byte-identical shards, whatever the worker count) and atomic (everything is written into a
+temporary sibling directory that is renamed into place only when complete).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+
+import numpy as np
+
+from dlmscale.data import sources as sources_lib
+from dlmscale.data import tokenizers as tokenizers_lib
+from dlmscale.data.errors import DataError
+from dlmscale.data.packing import Packer, is_validation, token_dtype
+from dlmscale.data.shards import ShardWriter, rows_digest
+from dlmscale.data.spec import parse_spec, split_specs
+from dlmscale.data.workers import ordered_map
+
+log = logging.getLogger("dlmscale")
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+# Documents per worker task: large enough to amortise inter-process transfer, small enough
+# to keep the in-flight window (workers x 4 tasks) a few MB.
+_TASK_CHARS = 1 << 20
+# 'directory' holds out whole folders: templated families (the stdlib's encodings/cp*.py)
+# then land on one side of the split instead of leaking near-copies into validation.
+SPLIT_UNITS = ("document", "directory")
+
+
+def split_group(name: str, unit: str) -> str:
+  """The unit a document is held out with: itself, or its folder (top-level files alone)."""
+  if unit == "directory" and "/" in name.split("#", 1)[0]:
+    return name.split("#", 1)[0].rsplit("/", 1)[0] + "/"
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSpec:
+  """The data-config fields that decide the prepared content (and nothing else)."""
+
+  sources: tuple[str, ...]
+  tokenizer: str
+  on_decode_error: str
+  decontaminate: tuple[str, ...]
+  decontaminate_ngram: int
+  seq_len: int
+  val_fraction: float
+  split_seed: int
+  split_unit: str
+
+  @classmethod
+  def from_config(cls, d) -> "PrepareSpec":
+    names = tuple(n.strip() for n in str(d.decontaminate).split(",") if n.strip())
+    spec = cls(sources=tuple(split_specs(d.sources, "data.sources")), tokenizer=str(d.tokenizer),
+               on_decode_error=str(d.on_decode_error), decontaminate=names,
+               decontaminate_ngram=int(d.decontaminate_ngram), seq_len=int(d.seq_len),
+               val_fraction=float(d.val_fraction), split_seed=int(d.split_seed),
+               split_unit=str(d.split_unit))
+    spec.validate()
+    return spec
+
+  def validate(self) -> None:
+    if self.seq_len < 2:
+      raise DataError(f"data.seq_len must be at least 2, got {self.seq_len}")
+    if not 0.0 < self.val_fraction < 1.0:
+      raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}; e.g. 0.02")
+    if self.on_decode_error not in sources_lib.DECODE_POLICIES:
+      raise DataError(f"data.on_decode_error must be one of {list(sources_lib.DECODE_POLICIES)}"
+                      f", got {self.on_decode_error!r}")
+    if self.split_unit not in SPLIT_UNITS:
+      raise DataError(f"data.split_unit must be one of {list(SPLIT_UNITS)}, got "
+                      f"{self.split_unit!r}")
+    if self.decontaminate and self.decontaminate_ngram < 1:
+      raise DataError(f"data.decontaminate_ngram must be >= 1, got {self.decontaminate_ngram}")
+    for s in self.sources:
+      kind = parse_spec(s, "data.sources entry").kind
+      if kind not in sources_lib.kinds():
+        raise DataError(f"unknown source kind {kind!r} in {s!r}; use one of "
+                        f"{sources_lib.kinds()}")
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+  def key(self) -> str:
+    """Content address of the prepared data this spec produces."""
+    blob = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _documents(spec: PrepareSpec, per_source: list[dict]):
+  """(source index, split, text) for every document of every source, in order."""
+  for i, src in enumerate(spec.sources):
+    ctx = sources_lib.SourceContext(on_decode_error=spec.on_decode_error)
+    kind = parse_spec(src).kind
+    h = hashlib.sha256()
+    count = chars = 0
+    for name, text in sources_lib.iter_documents(src, ctx):
+      h.update(name.encode("utf-8", "surrogatepass") + b"\x00")
+      h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+      count += 1
+      chars += len(text)
+      # Kind-prefixed names keep two sources' identical relative paths apart.
+      group = split_group(name, spec.split_unit)
+      held_out = is_validation(f"{kind}:{group}", spec.val_fraction, spec.split_seed)
+      yield i, "val" if held_out else "train", text
+    per_source.append({"spec": src, "num_documents": count, "num_chars": chars,
+                       "num_undecodable_skipped": ctx.stats["undecodable_skipped"],
+                       "fingerprint": h.hexdigest()})
+
+
+def _tokenize_task_fn(tokenizer, decontaminator):
+  """Builds the per-worker function: [(meta, text)] -> [(meta, ids or None if contaminated)]."""
+  def run(task):
+    out = []
+    for meta, text in task:
+      if decontaminator is not None and decontaminator.is_contaminated(text):
+        out.append((meta, None))
+      else:
+        out.append((meta, tokenizer.encode(text)))
+    return out
+  return run
+
+
+def _tasks(docs):
+  task, size = [], 0
+  for i, split, text in docs:
+    task.append(((i, split, len(text.encode("utf-8", "surrogatepass"))), text))
+    size += len(text)
+    if size >= _TASK_CHARS:
+      yield task
+      task, size = [], 0
+  if task:
+    yield task
+
+
+def _make_decontaminator(spec: PrepareSpec):
+  if not spec.decontaminate:
+    return None
+  from dlmscale.data.decontaminate import Decontaminator  # noqa: PLC0415  (reads benchmarks)
+  return Decontaminator.from_benchmarks(spec.decontaminate, ngram=spec.decontaminate_ngram)
+
+
+def _train_texts(spec: PrepareSpec, decontaminator):
+  for _, split, text in _documents(spec, []):
+    if split == "train" and not (decontaminator and decontaminator.is_contaminated(text)):
+      yield text
+
+
+def read_meta(directory: str) -> dict | None:
+  path = os.path.join(directory, META_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"{path} is unreadable ({e}); re-run prepare into a fresh "
+                    f"prepared_dir") from None
+
+
+def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 65536) -> dict:
+  """Prepares the corpus of `data_cfg` into out_dir (atomically); returns meta.json's dict.
+
+  An existing out_dir prepared from the same spec is reused as is; one prepared from another
+  spec is an error, never overwritten.
+  """
+  spec = PrepareSpec.from_config(data_cfg)
+  existing = read_meta(out_dir)
+  if existing is not None:
+    check_same_spec(existing, spec, out_dir)
+    return existing
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise DataError(f"{out_dir} exists, is not empty and has no {META_FILE}; choose an empty "
+                    f"or new prepared_dir")
+  if workers < 1:
+    raise DataError(f"data.workers must be >= 1, got {workers}")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+  os.makedirs(tmp)
+  try:
+    meta = _prepare_into(spec, tmp, workers, records_per_shard)
+    _write_json_atomic(os.path.join(tmp, META_FILE), meta)
+    try:
+      if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+      os.rename(tmp, out_dir)
+    except OSError:
+      # Another process prepared the same directory first; keep theirs if it matches.
+      if read_meta(out_dir) is None:
+        raise
+      check_same_spec(read_meta(out_dir), spec, out_dir)
+      shutil.rmtree(tmp, ignore_errors=True)
+      return read_meta(out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return meta
+
+
+def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: int) -> dict:
+  start = time.time()
+  decontaminator = _make_decontaminator(spec)
+  if tokenizers_lib.needs_training(spec.tokenizer):
+    log.info("training tokenizer %s on the train split", spec.tokenizer)
+    tok = tokenizers_lib.train_tokenizer(spec.tokenizer, _train_texts(spec, decontaminator), tmp)
+  else:
+    tok = tokenizers_lib.get_tokenizer(spec.tokenizer)
+  tokenizer_s = time.time() - start
+  dtype = token_dtype(tok.vocab_size)
+  writers = {"train": ShardWriter(tmp, "train", spec.seq_len, dtype, records_per_shard),
+             "valtmp": ShardWriter(tmp, "valtmp", spec.seq_len, dtype, records_per_shard)}
+  packers = {s: Packer(spec.seq_len, tok.eod_id, dtype) for s in ("train", "val")}
+  per_source: list[dict] = []
+  contaminated = [0] * len(spec.sources)
+  total_bytes = 0
+  docs = _documents(spec, per_source)
+  for results in ordered_map(_tokenize_task_fn, (tok, decontaminator), _tasks(docs), workers):
+    for (i, split, nbytes), ids_T in results:
+      total_bytes += nbytes
+      if ids_T is None:
+        contaminated[i] += 1
+        continue
+      rows_RxL = packers[split].add(ids_T)
+      if len(rows_RxL):
+        writers["train" if split == "train" else "valtmp"].write(rows_RxL)
+  for src, n in zip(per_source, contaminated):
+    src["num_decontaminated"] = n
+  if not any(s["num_documents"] for s in per_source):
+    raise DataError(f"data.sources {list(spec.sources)} yielded no documents; check the paths "
+                    f"or run python -m dlmscale.data.fetch for package corpora")
+  train_meta = writers["train"].close()
+  valtmp_meta = writers["valtmp"].close()
+  for split, m in (("train", train_meta), ("val", valtmp_meta)):
+    if not m["num_sequences"]:
+      raise DataError(f"the {split} split has no full sequence of {spec.seq_len} tokens "
+                      f"({packers[split].num_documents} documents); lower data.seq_len, add "
+                      f"data, or change data.val_fraction or data.split_unit")
+  val_meta, dropped = _dedupe_validation(tmp, train_meta, valtmp_meta, spec.seq_len, dtype,
+                                         records_per_shard)
+  wall = time.time() - start
+  for split, m in (("train", train_meta), ("val", val_meta)):
+    m.update(num_documents=packers[split].num_documents, num_tokens=packers[split].num_tokens,
+             num_tail_tokens_dropped=packers[split].tail_tokens)
+  val_meta["num_sequences_dropped_as_in_train"] = dropped
+  log.info("prepared %.1f MB of text in %.1f s (%.1f MB/s, tokenizer %.1f s)", total_bytes / 1e6,
+           wall, total_bytes / 1e6 / max(wall, 1e-9), tokenizer_s)
+  return {
+      "format_version": FORMAT_VERSION,
+      "prepare_key": spec.key(),
+      "spec": spec.to_dict(),
+      "seq_len": spec.seq_len,
+      "dtype": dtype.name,
+      "tokenizer": tokenizers_lib.describe(tok),
+      "sources": per_source,
+      "decontaminate": list(spec.decontaminate),
+      "num_text_bytes": total_bytes,
+      "splits": {"train": train_meta, "val": val_meta},
+  }
+
+
+def _row_key(row_L: np.ndarray) -> bytes:
+  return hashlib.blake2b(np.ascontiguousarray(row_L, dtype="<i4").tobytes(),
+                         digest_size=16).digest()
+
+
+def _dedupe_validation(tmp, train_meta, valtmp_meta, seq_len, dtype, records_per_shard):
+  """Drops validation rows that also occur verbatim in train; returns (val meta, dropped).
+
+  Templated documents (e.g. the stdlib's encodings/cp*.py) repeat whole rows across files; a
+  validation row memorised from train would flatter every model. Only validation row hashes are
+  held in memory; train is re-read block by block.
+  """
+  from dlmscale.data.shards import PreparedSplit  # noqa: PLC0415
+  valtmp = PreparedSplit(tmp, "valtmp", valtmp_meta, seq_len, dtype.name)
+  val_keys = {}
+  for block in valtmp.iter_blocks():
+    for row_L in block:
+      val_keys.setdefault(_row_key(row_L), False)
+  train = PreparedSplit(tmp, "train", train_meta, seq_len, dtype.name)
+  for block in train.iter_blocks():
+    for row_L in block:
+      k = _row_key(row_L)
+      if k in val_keys:
+        val_keys[k] = True
+  writer = ShardWriter(tmp, "val", seq_len, dtype, records_per_shard)
+  dropped = 0
+  for block in valtmp.iter_blocks():
+    keep_R = np.array([not val_keys[_row_key(r)] for r in block], dtype=bool)
+    dropped += int((~keep_R).sum())
+    if keep_R.any():
+      writer.write(block[keep_R])
+  del valtmp
+  for s in valtmp_meta["shards"]:
+    os.remove(os.path.join(tmp, s["file"]))
+  val_meta = writer.close()
+  if not val_meta["num_sequences"]:
+    raise DataError("every validation sequence also occurs in train; raise data.val_fraction "
+                    "or change data.split_seed")
+  return val_meta, dropped
+
+
+def check_same_spec(meta: dict, spec: PrepareSpec, directory: str) -> None:
+  """Errors when prepared data was made from another data config than `spec`."""
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise DataError(f"{directory} has prepared-data format {meta.get('format_version')}, this "
+                    f"dlmscale reads {FORMAT_VERSION}; re-run prepare into a fresh prepared_dir")
+  if meta.get("prepare_key") == spec.key():
+    return
+  old, new = meta.get("spec", {}), spec.to_dict()
+  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  raise DataError(f"{directory} was prepared from another data config (differs at "
+                  f"{', '.join('data.' + k for k in diff)}: prepared {old.get(diff[0])!r}, "
+                  f"config {new.get(diff[0])!r}); use another data.prepared_dir or the "
+                  f"original settings")
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
