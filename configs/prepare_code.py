@@ -7,7 +7,9 @@ the tests are mostly assert scaffolding, generated tables and deliberately odd e
 a coder model should imitate; python_stdlib?include_tests=true adds them (~1,800 files, needs
 on_decode_error=skip for four non-UTF-8 test files). Files sharing a 13-word n-gram with a
 HumanEval or MBPP problem are dropped (dlmscale/data/decontaminate.py has the rule; none of the
-stdlib is flagged today). Needs `python -m dlmscale.data.fetch benchmarks`.
+stdlib is flagged today). Needs `python -m dlmscale.data.fetch benchmarks`. Prepared here
+(Python 3.11.7, seq_len 512): 734 files, 3.20M train tokens in 6,255 sequences, 41k validation
+tokens, in under a minute.
 """
 from dlmscale.config import default_config
 

