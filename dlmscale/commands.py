@@ -7,9 +7,9 @@ import time
 import jax
 
 from dlmscale import config as config_lib
-from dlmscale.data import (TokenStream, ensure_prepared, prepare, prepared_dir,
-                           validation_subset)
+from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
 from dlmscale.data.pipeline import array_fingerprint
+from dlmscale.runner import make_stream
 
 
 def prepare_corpus(cfg) -> dict:
@@ -39,8 +39,7 @@ def stream_identity(cfg) -> dict:
   config_lib.validate(cfg)
   d = cfg.data
   data = ensure_prepared(d)
-  stream = TokenStream(data.train, unique_tokens=d.unique_tokens, total_tokens=d.total_tokens,
-                       global_batch=cfg.train.global_batch, seed=d.seed)
+  stream = make_stream(cfg, data)
   val = validation_subset(data.val, cfg.eval.max_sequences)
   return {
       "objectives": list(config_lib.objective_names(cfg)),

@@ -119,6 +119,23 @@ def place_batch(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local_batch)
 
 
+def process_batch_rows(sharding: NamedSharding, global_batch: int, seq_len: int
+                       ) -> tuple[int, int]:
+  """[start, stop): the global-batch rows this process's devices hold under `sharding`.
+
+  Which rows a process holds follows the mesh's device order, not the process index, so the
+  data pipeline asks the sharding instead of assuming process i holds the i-th slice.
+  """
+  index_map = sharding.addressable_devices_indices_map((global_batch, seq_len))
+  rows = sorted({idx[0].indices(global_batch)[:2] for idx in index_map.values()})
+  start, stop = rows[0][0], rows[-1][1]
+  covered = sum(b - a for a, b in rows)
+  if covered != stop - start or any(b > c for (_, b), (c, _) in zip(rows, rows[1:])):
+    raise ValueError(f"this process's devices hold non-contiguous batch rows {rows}; order the "
+                     f"mesh so each process's devices are adjacent along the batch axes")
+  return start, stop
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -75,18 +75,24 @@ class Experiment:
   flops_per_token: float
 
 
+def make_stream(cfg, prepared, local_rows: tuple[int, int] | None = None) -> TokenStream:
+  """The config's token stream; depends on the data config and global batch, nothing else."""
+  d = cfg.data
+  return TokenStream(prepared.train, unique_tokens=d.unique_tokens, total_tokens=d.total_tokens,
+                     global_batch=cfg.train.global_batch, seed=d.seed, local_rows=local_rows)
+
+
 def build_experiment(cfg, objective: str, devices=None) -> Experiment:
   config_lib.validate(cfg)
   d = cfg.data
   corpus = ensure_prepared(d)
   tok = corpus.tokenizer
-  stream = TokenStream(corpus.train, unique_tokens=d.unique_tokens,
-                       total_tokens=d.total_tokens, global_batch=cfg.train.global_batch,
-                       seed=d.seed, process_index=jax.process_index(),
-                       process_count=jax.process_count())
-  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
   mesh = parallel.make_mesh(dict(cfg.mesh), devices)
   rules = tuple(cfg.rules)
+  b_sh = parallel.batch_sharding(mesh, rules)
+  stream = make_stream(cfg, corpus, parallel.process_batch_rows(b_sh, cfg.train.global_batch,
+                                                                d.seq_len))
+  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
   dp = parallel.data_parallel_size(mesh, rules)
   micro = cfg.train.global_batch // cfg.train.grad_accum
   if micro % dp:
@@ -100,7 +106,6 @@ def build_experiment(cfg, objective: str, devices=None) -> Experiment:
   loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
   step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=cfg.train.grad_accum,
                                microbatch_sharding=train.microbatch_sharding(mesh, rules))
-  b_sh = parallel.batch_sharding(mesh, rules)
   return Experiment(cfg=cfg, objective=objective, model=model, stream=stream, corpus=corpus,
                     mesh=mesh, optimizer=optimizer, schedule=schedule, shardings=shardings,
                     batch_sharding=b_sh, step_fn=train.compile_step(step, shardings, b_sh),

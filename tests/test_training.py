@@ -177,7 +177,7 @@ def test_objectives_share_the_stream(tiny_run):
   recorded = json.loads((tiny_run["workdir"] / "results.json").read_text())
   assert {r["objective"]: r["stream_fingerprint"] for r in recorded} == fp
   # ...and it identifies the stream: another data seed gives another fingerprint.
-  other = TokenStream(exps["ar"].corpus.train_NxL, unique_tokens=cfg.data.unique_tokens,
+  other = TokenStream(exps["ar"].corpus.train, unique_tokens=cfg.data.unique_tokens,
                       total_tokens=cfg.data.total_tokens, global_batch=cfg.train.global_batch,
                       seed=cfg.data.seed + 1)
   assert other.fingerprint() != fp["ar"]

@@ -45,8 +45,14 @@ class TokenStream:
   """Token-matched, seed-determined stream of global batches over a capped train set."""
 
   def __init__(self, train_NxL, *, unique_tokens: int, total_tokens: int,
-               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
-    """train_NxL: an [N, L] array or a PreparedSplit (read on demand, never loaded whole)."""
+               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+               local_rows: tuple[int, int] | None = None):
+    """train_NxL: an [N, L] array or a PreparedSplit (read on demand, never loaded whole).
+
+    This process reads rows [start, stop) of every global batch: local_rows when given (the
+    rows its devices hold, from parallel.process_batch_rows), else the process_index-th of
+    process_count equal slices.
+    """
     if not isinstance(train_NxL, PreparedSplit):
       train_NxL = np.asarray(train_NxL)
     if train_NxL.ndim != 2 or train_NxL.shape[0] == 0:
@@ -81,8 +87,15 @@ class TokenStream:
     self._global_batch = int(global_batch)
     self._seed = int(seed)
     self._fingerprints: dict[int, str] = {}
-    self._process_index = int(process_index)
-    self._local_batch = self._global_batch // process_count
+    if local_rows is None:
+      per = global_batch // process_count
+      local_rows = (process_index * per, (process_index + 1) * per)
+    start, stop = map(int, local_rows)
+    if not 0 <= start < stop <= global_batch:
+      raise DataError(f"local_rows={local_rows} must be a non-empty range within the global "
+                      f"batch of {global_batch}")
+    self._local_start = start
+    self._local_batch = stop - start
     self._n_unique = unique_tokens // seq_len
     self._num_steps = total_tokens // (global_batch * seq_len)
     # Permuting all N (not just the cap) is what makes budgets nested.
@@ -160,7 +173,7 @@ class TokenStream:
   def local_batch_at(self, step: int) -> np.ndarray:
     """[B/P, L] int32: this process's contiguous rows of global batch `step`."""
     self._check_step(step)
-    start = step * self._global_batch + self._process_index * self._local_batch
+    start = step * self._global_batch + self._local_start
     return self._train_NxL[self._rows_at(start, start + self._local_batch)].astype(np.int32)
 
   @property

@@ -115,7 +115,7 @@ def _documents(spec: PrepareSpec, per_source: list[dict]):
       yield i, "val" if held_out else "train", text
     per_source.append({"spec": src, "num_documents": count, "num_chars": chars,
                        "num_undecodable_skipped": ctx.stats["undecodable_skipped"],
-                       "fingerprint": h.hexdigest()})
+                       "stats": dict(sorted(ctx.stats.items())), "fingerprint": h.hexdigest()})
 
 
 def _tokenize_task_fn(tokenizer, decontaminator):
@@ -263,7 +263,7 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
       "dtype": dtype.name,
       "tokenizer": tokenizers_lib.describe(tok),
       "sources": per_source,
-      "decontaminate": list(spec.decontaminate),
+      "decontaminate": decontaminator.describe() if decontaminator else None,
       "num_text_bytes": total_bytes,
       "splits": {"train": train_meta, "val": val_meta},
   }
