@@ -1,6 +1,10 @@
 """dlmscale: token-matched AR vs masked-diffusion scaling experiments in JAX."""
 from setuptools import find_packages, setup
 
+# Sources exercised by the test suite on small local data (seqio needs TensorFlow: skipped).
+_SOURCE_EXTRAS = ["pyarrow>=26,<27", "datasets>=5.2,<6", "tokenizers>=0.23,<0.24",
+                  "tensorflow-datasets>=4.9.10,<4.10"]
+
 setup(
     name="dlmscale",
     version="0.1.0",
@@ -21,13 +25,19 @@ setup(
         "absl-py>=2.1,<3",
         "numpy>=2.0,<3",
         "sentencepiece>=0.2.0,<0.3",
+        "protobuf>=4.21",  # reads SentencePiece model settings
+        "array-record>=0.8.6,<0.9",
+        "etils[epath]>=1.7,<2",  # local and cloud (gs://, s3://) paths
         "tensorboardX>=2.6.2,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.13,<2"],
+        "test": ["pytest>=8,<10", "scipy>=1.13,<2", *_SOURCE_EXTRAS],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-        "seqio": ["seqio>=0.0.20"],
-        "tfds": ["tensorflow-datasets>=4.9"],
+        # Optional document sources and tokenizers (imported only when a spec names them).
+        "parquet": ["pyarrow>=26,<27"],
+        "hf": ["datasets>=5.2,<6", "tokenizers>=0.23,<0.24", "pyarrow>=26,<27"],
+        "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
+        "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
     },
     entry_points={"console_scripts": ["dlmscale=dlmscale.main:run"]},
 )
