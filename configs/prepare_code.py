@@ -25,6 +25,8 @@ def get_config():
       decontaminate_ngram=13,
       seq_len=512,
       val_fraction=0.02,
+      # Whole folders held out: the templated encodings/cp*.py family stays on one side.
+      split_unit="directory",
       workers=4,
   )
   return c
