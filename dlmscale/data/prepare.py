@@ -185,7 +185,7 @@ def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 6
   if workers < 1:
     raise DataError(f"data.workers must be >= 1, got {workers}")
   parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
+  created = _makedirs(parent)
   tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
   os.makedirs(tmp)
   try:
@@ -204,8 +204,25 @@ def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 6
       return read_meta(out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    for d in reversed(created):  # a failed prepare leaves the filesystem as it found it
+      try:
+        os.rmdir(d)
+      except OSError:
+        break
     raise
   return meta
+
+
+def _makedirs(path: str) -> list[str]:
+  """os.makedirs that returns the directories it created, outermost first."""
+  missing = []
+  while not os.path.isdir(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  missing.reverse()
+  for d in missing:
+    os.makedirs(d, exist_ok=True)
+  return missing
 
 
 def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: int) -> dict:
@@ -252,6 +269,8 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
   for split, m in (("train", train_meta), ("val", val_meta)):
     m.update(num_documents=packers[split].num_documents, num_tokens=packers[split].num_tokens,
              num_tail_tokens_dropped=packers[split].tail_tokens)
+  # Tokens of the rows kept, so num_tokens = seq_len * num_sequences + tail in both splits.
+  val_meta["num_tokens"] -= dropped * spec.seq_len
   val_meta["num_sequences_dropped_as_in_train"] = dropped
   log.info("prepared %.1f MB of text in %.1f s (%.1f MB/s, tokenizer %.1f s)", total_bytes / 1e6,
            wall, total_bytes / 1e6 / max(wall, 1e-9), tokenizer_s)
