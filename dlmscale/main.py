@@ -93,7 +93,8 @@ def main(argv) -> None:
     _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
   if not _WORKDIR.value and _MODE.value in ("train", "eval"):
     _fail(f"--workdir is required for --mode={_MODE.value}, e.g. --workdir=runs/quickstart")
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
+  logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from dlmscale import commands, experiment  # after flag parsing: keeps --help fast

@@ -131,7 +131,7 @@ def process_batch_rows(sharding: NamedSharding, global_batch: int, seq_len: int
   start, stop = rows[0][0], rows[-1][1]
   covered = sum(b - a for a, b in rows)
   if covered != stop - start or any(b > c for (_, b), (c, _) in zip(rows, rows[1:])):
-    raise ValueError(f"this process's devices hold non-contiguous batch rows {rows}; order the "
+    raise ConfigError(f"this process's devices hold non-contiguous batch rows {rows}; order the "
                      f"mesh so each process's devices are adjacent along the batch axes")
   return start, stop
 

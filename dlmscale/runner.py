@@ -89,16 +89,16 @@ def build_experiment(cfg, objective: str, devices=None) -> Experiment:
   tok = corpus.tokenizer
   mesh = parallel.make_mesh(dict(cfg.mesh), devices)
   rules = tuple(cfg.rules)
-  b_sh = parallel.batch_sharding(mesh, rules)
-  stream = make_stream(cfg, corpus, parallel.process_batch_rows(b_sh, cfg.train.global_batch,
-                                                                d.seq_len))
-  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
   dp = parallel.data_parallel_size(mesh, rules)
   micro = cfg.train.global_batch // cfg.train.grad_accum
   if micro % dp:
     raise config_lib.ConfigError(
         f"batch per microbatch {micro} (train.global_batch / train.grad_accum) is not divisible "
         f"by the {dp} data-parallel devices of mesh {dict(mesh.shape)}: change the batch or mesh")
+  b_sh = parallel.batch_sharding(mesh, rules)
+  stream = make_stream(cfg, corpus, parallel.process_batch_rows(b_sh, cfg.train.global_batch,
+                                                                d.seq_len))
+  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
   optimizer = optim.make_optimizer(cfg.train, stream.num_steps, model.logical_axes)
   schedule = optim.make_schedule(cfg.train, stream.num_steps)
   shardings = train.state_shardings(model, optimizer, mesh, rules)

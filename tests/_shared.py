@@ -1,4 +1,5 @@
 """Helpers shared by several test files."""
+import importlib.util
 import os
 
 import jax
@@ -28,3 +29,21 @@ def cli_env(tmp_path_factory) -> dict:
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   return env
+
+
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny.py")
+
+
+def tiny_config(**overrides):
+  """tests/configs/tiny.py's config; overrides are dotted paths, e.g. {"train.lr": 1e-3}."""
+  spec = importlib.util.spec_from_file_location("dlmscale_tests_tiny_config", TINY_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg

@@ -1,7 +1,6 @@
 """The global batches are the same with 1 JAX process and with 2 (real processes on loopback,
 CPU gloo collectives), whatever each process's Grain worker count, and after a resume."""
 import hashlib
-import importlib.util
 import json
 import os
 import socket
@@ -12,6 +11,8 @@ import pytest
 
 from dlmscale import runner
 from dlmscale.data import ensure_prepared
+
+from _shared import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "global_batches.py")
@@ -45,11 +46,7 @@ def _run(tmp_path, name, num_processes, loader_workers, start_step=0) -> dict:
 @pytest.fixture(scope="module")
 def expected():
   """Hashes of every global batch computed in this process from the stream itself."""
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "tests", "configs",
-                                                                     "tiny.py"))
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
-  cfg = tiny.get_config()
+  cfg = tiny_config()
   stream = runner.make_stream(cfg, ensure_prepared(cfg.data))
   hashes = [hashlib.sha256(stream.global_batch_at(k).astype("<i4").tobytes()).hexdigest()
             for k in range(stream.num_steps)]

@@ -7,7 +7,6 @@ stream over a real prepared split, and a clear DataError that writes nothing for
 """
 import collections
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,8 @@ from dlmscale.config import default_config
 from dlmscale.data import (DataError, TokenStream, get_tokenizer, open_prepared, prepare,
                            prepared_dir)
 from dlmscale.data.prepare import split_group
+
+from _shared import tiny_config
 
 prepare_mod = sys.modules["dlmscale.data.prepare"]  # the module (the package exports the function)
 REPO = Path(__file__).resolve().parents[1]
@@ -116,21 +117,6 @@ def train_spm(path: Path, texts: list[str], vocab_size: int) -> str:
         sentence_iterator=iter(texts), model_writer=f, vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, num_threads=1, minloglevel=2)
   return str(path)
-
-
-def tiny_config(**overrides):
-  """tests/configs/tiny.py's config (loaded as tests/test_training.py does); dotted overrides."""
-  spec = importlib.util.spec_from_file_location("dlmscale_tests_tiny_config_prepare", TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
 
 
 @pytest.fixture(scope="module")

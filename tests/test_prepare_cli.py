@@ -8,7 +8,6 @@ small `files:` corpus written into a tmp dir, with its own prepared-data cache
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _shared import cli_env
+from _shared import cli_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
@@ -26,21 +25,6 @@ TIMEOUT_S = 300
 BIG_U = 10**9
 RUN_AS_CONSOLE_SCRIPT = ("import sys; from dlmscale.main import run; "
                          "sys.argv = ['dlmscale', *sys.argv[1:]]; run()")
-
-
-def tiny_config(**overrides):
-  """tests/configs/tiny.py's config (loaded as tests/test_training.py does); dotted overrides."""
-  spec = importlib.util.spec_from_file_location("dlmscale_tests_tiny_config_cli", TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
 
 
 def write_corpus(root: Path) -> int:

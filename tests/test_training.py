@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import io
 import json
 import math
@@ -26,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from _shared import cli_env
+from _shared import cli_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
@@ -36,21 +35,6 @@ if str(REPO) not in sys.path:  # the config files import `configs.models` from t
 from dlmscale import experiment, runner  # noqa: E402
 from dlmscale.data import TokenStream  # noqa: E402
 from dlmscale.metrics import read_metrics  # noqa: E402
-
-
-def tiny_config(**overrides):
-  """tests/configs/tiny.py's config; overrides are dotted paths, e.g. {"train.lr": 1e-3}."""
-  spec = importlib.util.spec_from_file_location("dlmscale_tests_tiny_config", TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
 
 
 def train_records(workdir) -> dict[int, dict]:

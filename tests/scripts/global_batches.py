@@ -7,13 +7,12 @@ gathered back to every host, and process 0 writes one sha256 per global batch to
 """
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -21,6 +20,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 from dlmscale import parallel, runner  # noqa: E402
 from dlmscale.data import ensure_prepared  # noqa: E402
+from _shared import tiny_config  # noqa: E402
 
 
 def main():
@@ -35,11 +35,7 @@ def main():
   if a.num_processes > 1:
     parallel.maybe_initialize_distributed(f"127.0.0.1:{a.port}", a.num_processes, a.process_id,
                                           "gloo")
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "tests", "configs",
-                                                                     "tiny.py"))
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
-  cfg = tiny.get_config()
+  cfg = tiny_config()
   prepared = ensure_prepared(cfg.data)  # processes race to prepare: the rename is atomic
   mesh = parallel.make_mesh(dict(cfg.mesh))
   sharding = parallel.batch_sharding(mesh, tuple(cfg.rules))
