@@ -40,7 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
       # '' = a cache directory named by the preparation's content hash ($DLMSCALE_DATA_DIR).
       prepared_dir="", workers=1, records_per_shard=65536,
       # Training stream: budget U (unique), T (total), order seed, Grain worker processes.
-      unique_tokens=1_000_000, total_tokens=4_000_000, seed=0, loader_workers=0))
+      unique_tokens=1_000_000, total_tokens=4_000_000, seed=0, loader_workers=0,
+      # Train splits up to this size are read into memory once; larger ones row by row.
+      in_memory_mb=1024))
 
   c.train = ml_collections.ConfigDict(dict(
       global_batch=32, grad_accum=1, lr=3e-3, min_lr=3e-4, schedule="wsd", warmup_steps=50,

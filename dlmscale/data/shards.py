@@ -6,6 +6,7 @@ without complaint.
 """
 import hashlib
 import os
+import threading
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from dlmscale.data.errors import DataError
 # group_size 1: every row is one random read; uncompressed: ids barely compress and writing
 # with compression is ~5x slower, which would make the writer the bottleneck of prepare.
 WRITER_OPTIONS = "group_size:1,uncompressed"
+READER_OPTIONS = "readahead_buffer_size:0"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -81,7 +83,8 @@ class ShardWriter:
 class PreparedSplit:
   """Read-only [N, seq_len] view of a split's shards: len, shape and row-array indexing.
 
-  Picklable (readers reopen lazily), so Grain worker processes can read it too.
+  Picklable (readers reopen lazily), so Grain worker processes can read it too. Record counts
+  are checked against meta.json when the shards are first read.
   """
 
   def __init__(self, directory: str, split: str, split_meta: dict, seq_len: int, dtype: str):
@@ -90,7 +93,6 @@ class PreparedSplit:
     self._meta = split_meta
     self._seq_len = seq_len
     self.dtype = np.dtype(dtype).newbyteorder("<")
-    self._source = None
     for shard in split_meta["shards"]:
       path = os.path.join(directory, shard["file"])
       if not os.path.exists(path):
@@ -100,19 +102,30 @@ class PreparedSplit:
         raise DataError(f"shard {path} has {size} bytes, meta.json says {shard['bytes']} "
                         f"(truncated or replaced); re-run prepare into a fresh prepared_dir")
     self._paths = [os.path.join(directory, s["file"]) for s in split_meta["shards"]]
-    self._n = sum(s["num_records"] for s in split_meta["shards"])
+    counts = [s["num_records"] for s in split_meta["shards"]]
+    self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._n = int(self._starts[-1])
+    self._readers, self._lock = None, threading.Lock()
 
   def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != "_source"} | {"_source": None}
+    # Open readers hold native file handles: workers reopen their own.
+    return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_lock")}
 
-  def _reader(self):
-    if self._source is None:
-      import grain  # noqa: PLC0415
-      self._source = grain.sources.ArrayRecordDataSource(self._paths)
-      if len(self._source) != self._n:
-        raise DataError(f"{self._dir} {self._split} shards hold {len(self._source)} records, "
-                        f"meta.json says {self._n}; re-run prepare into a fresh prepared_dir")
-    return self._source
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._readers, self._lock = None, threading.Lock()
+
+  def _open(self) -> list:
+    from array_record.python import array_record_module  # noqa: PLC0415
+    readers = []
+    for path, shard in zip(self._paths, self._meta["shards"]):
+      # No readahead: rows are random reads, and the default buffer reads megabytes per row.
+      r = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
+      if r.num_records() != shard["num_records"]:
+        raise DataError(f"shard {path} holds {r.num_records()} records, meta.json says "
+                        f"{shard['num_records']}; re-run prepare into a fresh prepared_dir")
+      readers.append(r)
+    return readers
 
   def __len__(self) -> int:
     return self._n
@@ -138,14 +151,32 @@ class PreparedSplit:
       raise DataError(f"row index out of range [0, {self._n}) in the {self._split} split")
     if not rows_R.size:
       return np.zeros((0, self._seq_len), dtype=self.dtype)
-    records = self._reader().__getitems__(rows_R.tolist())
-    return np.frombuffer(b"".join(records), dtype=self.dtype).reshape(-1, self._seq_len)
+    shard_R = np.searchsorted(self._starts, rows_R, side="right") - 1
+    out = [None] * rows_R.size
+    with self._lock:  # readers are not documented thread-safe; prefetch reads from a thread
+      if self._readers is None:
+        self._readers = self._open()
+      for shard in np.unique(shard_R):
+        at_S = np.flatnonzero(shard_R == shard)
+        local = (rows_R[at_S] - self._starts[shard]).tolist()
+        for i, record in zip(at_S, self._readers[shard].read(local)):
+          out[i] = record
+    return np.frombuffer(b"".join(out), dtype=self.dtype).reshape(-1, self._seq_len)
 
   def iter_blocks(self, block_rows: int = 1 << 14):
     """All rows in order, [<=block_rows, L] at a time (bounded memory)."""
     for start in range(0, self._n, block_rows):
       yield self[np.arange(start, min(start + block_rows, self._n))]
 
+  @property
+  def nbytes(self) -> int:
+    return self._n * self._seq_len * self.dtype.itemsize
+
   def to_numpy(self) -> np.ndarray:
-    """The whole split in memory; for small splits such as validation."""
-    return self[np.arange(self._n)]
+    """The whole split in memory, read shard by shard sequentially (read-only)."""
+    with self._lock:
+      if self._readers is None:
+        self._readers = self._open()
+      blobs = [b"".join(r.read_all()) for r in self._readers]
+    out = np.frombuffer(b"".join(blobs), dtype=self.dtype).reshape(-1, self._seq_len)
+    return out
