@@ -2,9 +2,10 @@
 
   python benchmarks/data_pipeline.py [--json=results.json]
 
-1. Pipeline: TokenStream over the prepared stdlib (ArrayRecord shards read on demand) through
-   stream.iterator(prefetch, workers) with 0 workers (a prefetch thread) and 2 (Grain worker
-   processes); the tiny config's batch and a larger one; time to first batch kept apart.
+1. Pipeline: TokenStream over the prepared stdlib, the split read into memory once (the
+   default for splits up to data.in_memory_mb) or every batch read from the ArrayRecord shards,
+   through stream.iterator(prefetch, workers) with 0 workers (a prefetch thread) and 2 (Grain
+   worker processes); the tiny config's batch and a larger one; first batch kept apart.
 2. The tiny config's train step tokens/s in the same process, the pipeline/step ratio, and the
    real loop (iterator -> place_batch -> step) against a constant pre-placed batch.
 3. Prepare MB/s of source text (byte and SentencePiece tokenizers, 1 and 2 workers), whether
@@ -206,11 +207,16 @@ def main() -> None:
       (f"tiny {base.train.global_batch}x{base.data.seq_len}", tiny_cfg, tiny_data,
        args.pipe_steps),
       (f"big {big_b}x{big_l}", big_cfg, big_data, args.big_steps)):
-    stream = runner.make_stream(cfg, data)
-    for workers in (0, 2):
-      r = time_pipeline(stream, workers, steps, args.prefetch)
-      r.update(setting=label, workers=workers, batches=steps)
-      pipe.append(r)
+    for read in ("memory", "records"):
+      # memory: the split read once (the default up to data.in_memory_mb); records: every
+      # batch read from the ArrayRecord shards, as for corpora larger than that.
+      cfg_r = copy.deepcopy(cfg)
+      cfg_r.data.in_memory_mb = cfg.data.in_memory_mb if read == "memory" else 0
+      stream = runner.make_stream(cfg_r, data)
+      for workers in (0, 2):
+        r = time_pipeline(stream, workers, steps, args.prefetch)
+        r.update(setting=label, read=read, workers=workers, batches=steps)
+        pipe.append(r)
   results["pipeline"] = pipe
 
   # 2. Train step of the tiny config, then the real loop against a constant batch.
@@ -231,11 +237,11 @@ def main() -> None:
 
   print(f"\n== pipeline vs tiny train step (prefetch {args.prefetch}) ==")
   fastest_step = max(s["tokens_per_s"] for s in steps_out)
-  print(f"{'setting':<16}{'workers':>8}{'first batch s':>15}{'pipeline tok/s':>16}"
+  print(f"{'setting':<16}{'read':>8}{'workers':>8}{'first batch s':>15}{'pipeline tok/s':>16}"
         f"{'/ fastest step':>16}")
   for r in pipe:
     r["ratio_to_fastest_step"] = r["tokens_per_s"] / fastest_step
-    print(f"{r['setting']:<16}{r['workers']:>8}{r['first_batch_s']:>15.3f}"
+    print(f"{r['setting']:<16}{r['read']:>8}{r['workers']:>8}{r['first_batch_s']:>15.3f}"
           f"{r['tokens_per_s']:>16,.0f}{r['ratio_to_fastest_step']:>15,.1f}x")
   for s in steps_out:
     print(f"step tokens/s, tiny {s['objective']}: {s['tokens_per_s']:,.0f}")

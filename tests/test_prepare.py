@@ -215,6 +215,15 @@ def test_failed_prepare_creates_no_parent_directories(corpus, tmp_path):
                                watch=tmp_path)
 
 
+def test_url_prepared_dir_is_an_error(corpus, tmp_path, monkeypatch):
+  """Shards are renamed with POSIX calls: a gs:// prepared_dir must not become a local folder."""
+  monkeypatch.chdir(tmp_path)
+  _, d, _, _ = corpus
+  with pytest.raises(DataError, match="mounted filesystem"):
+    prepare(d, "gs://bucket/prepared")
+  assert listing(tmp_path) == []
+
+
 # ---- 2. meta.json ---------------------------------------------------------------------------
 def test_meta_counts_match_the_shards(corpus):
   """meta.json: seq_len, dtype, per-split sequence/token/document counts equal to what the

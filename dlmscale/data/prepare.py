@@ -98,21 +98,22 @@ class PrepareSpec:
 
 
 def _documents(spec: PrepareSpec, per_source: list[dict]):
-  """(source index, split, text) for every document of every source, in order."""
+  """(source index, split, text, UTF-8 bytes) for every document of every source, in order."""
   for i, src in enumerate(spec.sources):
     ctx = sources_lib.SourceContext(on_decode_error=spec.on_decode_error)
     kind = parse_spec(src).kind
     h = hashlib.sha256()
     count = chars = 0
     for name, text in sources_lib.iter_documents(src, ctx):
+      raw = text.encode("utf-8", "surrogatepass")
       h.update(name.encode("utf-8", "surrogatepass") + b"\x00")
-      h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+      h.update(raw + b"\x00")
       count += 1
       chars += len(text)
       # Kind-prefixed names keep two sources' identical relative paths apart.
       group = split_group(name, spec.split_unit)
       held_out = is_validation(f"{kind}:{group}", spec.val_fraction, spec.split_seed)
-      yield i, "val" if held_out else "train", text
+      yield i, "val" if held_out else "train", text, len(raw)
     per_source.append({"spec": src, "num_documents": count, "num_chars": chars,
                        "num_undecodable_skipped": ctx.stats["undecodable_skipped"],
                        "stats": dict(sorted(ctx.stats.items())), "fingerprint": h.hexdigest()})
@@ -133,8 +134,8 @@ def _tokenize_task_fn(tokenizer, decontaminator):
 
 def _tasks(docs):
   task, size = [], 0
-  for i, split, text in docs:
-    task.append(((i, split, len(text.encode("utf-8", "surrogatepass"))), text))
+  for i, split, text, nbytes in docs:
+    task.append(((i, split, nbytes), text))
     size += len(text)
     if size >= _TASK_CHARS:
       yield task
@@ -151,9 +152,16 @@ def _make_decontaminator(spec: PrepareSpec):
 
 
 def _train_texts(spec: PrepareSpec, decontaminator):
-  for _, split, text in _documents(spec, []):
+  for _, split, text, _ in _documents(spec, []):
     if split == "train" and not (decontaminator and decontaminator.is_contaminated(text)):
       yield text
+
+
+def check_local(directory: str) -> None:
+  """Shards are written and renamed with POSIX calls: cloud URLs would become local folders."""
+  if "://" in directory:
+    raise DataError(f"prepared_dir {directory!r} is a URL; prepared data lives on a local or "
+                    f"mounted filesystem (e.g. a gcsfuse mount of the bucket)")
 
 
 def read_meta(directory: str) -> dict | None:
@@ -175,6 +183,7 @@ def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 6
   spec is an error, never overwritten.
   """
   spec = PrepareSpec.from_config(data_cfg)
+  check_local(out_dir)
   existing = read_meta(out_dir)
   if existing is not None:
     check_same_spec(existing, spec, out_dir)

@@ -7,7 +7,8 @@ import os
 
 from dlmscale.data import tokenizers as tokenizers_lib
 from dlmscale.data.errors import DataError
-from dlmscale.data.prepare import PrepareSpec, check_same_spec, prepare, read_meta
+from dlmscale.data.prepare import (PrepareSpec, check_local, check_same_spec, prepare,
+                                   read_meta)
 from dlmscale.data.shards import PreparedSplit
 
 log = logging.getLogger("dlmscale")
@@ -38,6 +39,7 @@ def prepared_dir(data_cfg) -> str:
 
 def open_prepared(directory: str, data_cfg=None) -> PreparedData:
   """Opens prepared data; with data_cfg, errors unless it was prepared from that config."""
+  check_local(directory)
   meta = read_meta(directory)
   if meta is None:
     raise DataError(f"no prepared data at {directory} (no meta.json); run python -m "
