@@ -21,7 +21,7 @@ import sentencepiece as spm
 from dlmscale.config import default_config
 from dlmscale.data import (DataError, TokenStream, get_tokenizer, open_prepared, prepare,
                            prepared_dir)
-from dlmscale.data.prepare import split_group
+from dlmscale.data.prepare_spec import split_group
 
 from _shared import tiny_config
 

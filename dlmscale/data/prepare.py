@@ -6,7 +6,6 @@ temporary sibling directory that is renamed into place only when complete).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -22,79 +21,17 @@ from dlmscale.data import tokenizers as tokenizers_lib
 from dlmscale.data.errors import DataError
 from dlmscale.data.packing import Packer, is_validation, token_dtype
 from dlmscale.data.shards import ShardWriter
-from dlmscale.data.spec import parse_spec, split_specs
+from dlmscale.data.dedupe import dedupe_validation, row_keys
+from dlmscale.data.prepare_spec import (FORMAT_VERSION, PrepareSpec, check_same_spec,
+                                        split_group)
+from dlmscale.data.spec import parse_spec
 from dlmscale.data.workers import ordered_map
 
 log = logging.getLogger("dlmscale")
-FORMAT_VERSION = 1
 META_FILE = "meta.json"
 # Documents per worker task: large enough to amortise inter-process transfer, small enough
 # to keep the in-flight window (workers x 4 tasks) a few MB.
 _TASK_CHARS = 1 << 20
-# 'directory' holds out whole folders: templated families (the stdlib's encodings/cp*.py)
-# then land on one side of the split instead of leaking near-copies into validation.
-SPLIT_UNITS = ("document", "directory")
-
-
-def split_group(name: str, unit: str) -> str:
-  """The unit a document is held out with: itself, or its folder (top-level files alone)."""
-  if unit == "directory" and "/" in name.split("#", 1)[0]:
-    return name.split("#", 1)[0].rsplit("/", 1)[0] + "/"
-  return name
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareSpec:
-  """The data-config fields that decide the prepared content (and nothing else)."""
-
-  sources: tuple[str, ...]
-  tokenizer: str
-  on_decode_error: str
-  decontaminate: tuple[str, ...]
-  decontaminate_ngram: int
-  seq_len: int
-  val_fraction: float
-  split_seed: int
-  split_unit: str
-
-  @classmethod
-  def from_config(cls, d) -> "PrepareSpec":
-    names = tuple(n.strip() for n in str(d.decontaminate).split(",") if n.strip())
-    spec = cls(sources=tuple(split_specs(d.sources, "data.sources")), tokenizer=str(d.tokenizer),
-               on_decode_error=str(d.on_decode_error), decontaminate=names,
-               decontaminate_ngram=int(d.decontaminate_ngram), seq_len=int(d.seq_len),
-               val_fraction=float(d.val_fraction), split_seed=int(d.split_seed),
-               split_unit=str(d.split_unit))
-    spec.validate()
-    return spec
-
-  def validate(self) -> None:
-    if not 2 <= self.seq_len <= MAX_SEQ_LEN:
-      raise DataError(f"data.seq_len must be in [2, {MAX_SEQ_LEN}], got {self.seq_len}")
-    if not 0.0 < self.val_fraction < 1.0:
-      raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}; e.g. 0.02")
-    if self.on_decode_error not in sources_lib.DECODE_POLICIES:
-      raise DataError(f"data.on_decode_error must be one of {list(sources_lib.DECODE_POLICIES)}"
-                      f", got {self.on_decode_error!r}")
-    if self.split_unit not in SPLIT_UNITS:
-      raise DataError(f"data.split_unit must be one of {list(SPLIT_UNITS)}, got "
-                      f"{self.split_unit!r}")
-    if self.decontaminate and self.decontaminate_ngram < 1:
-      raise DataError(f"data.decontaminate_ngram must be >= 1, got {self.decontaminate_ngram}")
-    for s in self.sources:
-      kind = parse_spec(s, "data.sources entry").kind
-      if kind not in sources_lib.kinds():
-        raise DataError(f"unknown source kind {kind!r} in {s!r}; use one of "
-                        f"{sources_lib.kinds()}")
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-  def key(self) -> str:
-    """Content address of the prepared data this spec produces."""
-    blob = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _documents(spec: PrepareSpec, per_source: list[dict]):
@@ -275,7 +212,7 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
       raise DataError(f"the {split} split has no full sequence of {spec.seq_len} tokens "
                       f"({packers[split].num_documents} documents); lower data.seq_len, add "
                       f"data, or change data.val_fraction or data.split_unit")
-  val_meta, dropped = _dedupe_validation(tmp, train_meta, valtmp_meta, np.concatenate(val_keys),
+  val_meta, dropped = dedupe_validation(tmp, train_meta, valtmp_meta, np.concatenate(val_keys),
                                          spec.seq_len, dtype, records_per_shard)
   wall = time.time() - start
   for split, m in (("train", train_meta), ("val", val_meta)):
@@ -298,73 +235,6 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
       "num_text_bytes": total_bytes,
       "splits": {"train": train_meta, "val": val_meta},
   }
-
-
-# Fixed odd multipliers: two independent 64-bit linear hashes per row (a 128-bit key), computed
-# for whole blocks in numpy. Per-row hashlib calls were 20% of prepare's time.
-MAX_SEQ_LEN = 1 << 17
-_KEY_MULT_2xL = np.random.default_rng(20251123).integers(1, 2**63, size=(2, MAX_SEQ_LEN),
-                                                          dtype=np.uint64) | np.uint64(1)
-
-
-def row_keys(rows_RxL: np.ndarray) -> np.ndarray:
-  """[R, 2] uint64 keys; equal rows give equal keys, distinct rows collide with p ~ 2^-128."""
-  rows_RxL = np.asarray(rows_RxL).astype(np.uint64)
-  mult_2xL = _KEY_MULT_2xL[:, : rows_RxL.shape[1]]
-  # uint64 products and sums wrap modulo 2^64, which is the hash.
-  return np.stack([(rows_RxL * mult_2xL[i]).sum(axis=1, dtype=np.uint64) for i in (0, 1)], 1)
-
-
-def _dedupe_validation(tmp, train_meta, valtmp_meta, val_keys_Mx2, seq_len, dtype,
-                       records_per_shard):
-  """Drops validation rows that also occur verbatim in train; returns (val meta, dropped).
-
-  Templated documents (e.g. the stdlib's encodings/cp*.py) repeat whole rows across files; a
-  validation row memorised from train would flatter every model. Only validation row keys are
-  held in memory; train is re-read block by block and looked up in the sorted keys.
-  """
-  from dlmscale.data.shards import PreparedSplit  # noqa: PLC0415
-  order_M = np.argsort(val_keys_Mx2[:, 0], kind="stable")
-  sorted_h1_M = val_keys_Mx2[order_M, 0]
-  found = set()
-  train = PreparedSplit(tmp, "train", train_meta, seq_len, dtype.name)
-  for block in train.iter_blocks():
-    keys_Bx2 = row_keys(block)
-    at_B = np.minimum(np.searchsorted(sorted_h1_M, keys_Bx2[:, 0]), len(sorted_h1_M) - 1)
-    hit_B = sorted_h1_M[at_B] == keys_Bx2[:, 0]
-    found.update(map(tuple, keys_Bx2[hit_B].tolist()))
-  in_train_M = np.array([k in found for k in map(tuple, val_keys_Mx2.tolist())], dtype=bool)
-  valtmp = PreparedSplit(tmp, "valtmp", valtmp_meta, seq_len, dtype.name)
-  writer = ShardWriter(tmp, "val", seq_len, dtype, records_per_shard)
-  start = 0
-  for block in valtmp.iter_blocks():
-    keep_R = ~in_train_M[start:start + len(block)]
-    start += len(block)
-    if keep_R.any():
-      writer.write(block[keep_R])
-  del valtmp
-  for s in valtmp_meta["shards"]:
-    os.remove(os.path.join(tmp, s["file"]))
-  val_meta = writer.close()
-  if not val_meta["num_sequences"]:
-    raise DataError("every validation sequence also occurs in train; raise data.val_fraction "
-                    "or change data.split_seed")
-  return val_meta, int(in_train_M.sum())
-
-
-def check_same_spec(meta: dict, spec: PrepareSpec, directory: str) -> None:
-  """Errors when prepared data was made from another data config than `spec`."""
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise DataError(f"{directory} has prepared-data format {meta.get('format_version')}, this "
-                    f"dlmscale reads {FORMAT_VERSION}; re-run prepare into a fresh prepared_dir")
-  if meta.get("prepare_key") == spec.key():
-    return
-  old, new = meta.get("spec", {}), spec.to_dict()
-  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-  raise DataError(f"{directory} was prepared from another data config (differs at "
-                  f"{', '.join('data.' + k for k in diff)}: prepared {old.get(diff[0])!r}, "
-                  f"config {new.get(diff[0])!r}); use another data.prepared_dir or the "
-                  f"original settings")
 
 
 def _write_json_atomic(path: str, obj) -> None:

@@ -7,8 +7,8 @@ import os
 
 from dlmscale.data import tokenizers as tokenizers_lib
 from dlmscale.data.errors import DataError
-from dlmscale.data.prepare import (PrepareSpec, check_local, check_same_spec, prepare,
-                                   read_meta)
+from dlmscale.data.prepare import check_local, prepare, read_meta
+from dlmscale.data.prepare_spec import PrepareSpec, check_same_spec
 from dlmscale.data.shards import PreparedSplit
 
 log = logging.getLogger("dlmscale")
