@@ -37,6 +37,7 @@ import jax  # noqa: E402
 
 from dlmscale import parallel, runner, train  # noqa: E402
 from dlmscale.data import ensure_prepared, prepare  # noqa: E402
+from train_step_throughput import time_steps  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def tiny_config():
@@ -87,17 +88,7 @@ def time_pipeline(stream, workers: int, steps: int, prefetch: int) -> dict:
 
 
 # ---- 2. step and overlap -----------------------------------------------------------------
-def time_step(exp, steps: int) -> float:
-  """Tokens/s of the compiled step on one pre-placed batch (after a compiling step)."""
-  state = train.create_state(exp.model, exp.optimizer, 0, exp.shardings)
-  tokens = parallel.place_batch(exp.stream.local_batch_at(0), exp.batch_sharding)
-  state, metrics = exp.step_fn(state, tokens)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = exp.step_fn(state, tokens)
-  jax.block_until_ready(metrics)
-  return steps * exp.stream.tokens_per_step / (time.perf_counter() - start)
+time_step = time_steps  # same measurement as benchmarks/train_step_throughput.py
 
 
 def time_loop(exp, steps: int, workers: int, prefetch: int) -> float:

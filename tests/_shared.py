@@ -1,6 +1,7 @@
 """Helpers shared by several test files."""
 import importlib.util
 import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,24 @@ def tiny_config(**overrides):
       node = node[p]
     node[leaf] = value
   return cfg
+
+
+class BackgroundProcess:
+  """A command started now; result() waits. Output goes to files, so runs never block."""
+
+  def __init__(self, argv: list[str], env, logdir, name: str, cwd, timeout_s: float):
+    self._out = os.path.join(logdir, f"{name}.stdout")
+    self._err = os.path.join(logdir, f"{name}.stderr")
+    self._timeout_s = timeout_s
+    with open(self._out, "w") as out, open(self._err, "w") as err:
+      self._proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+
+  def result(self) -> subprocess.CompletedProcess:
+    code = self._proc.wait(timeout=self._timeout_s)
+    with open(self._out) as out, open(self._err) as err:
+      return subprocess.CompletedProcess(self._proc.args, code, out.read(), err.read())
+
+  def kill(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()

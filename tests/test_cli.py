@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _shared import cli_env
+from _shared import BackgroundProcess, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
@@ -38,25 +38,13 @@ def run_cli(env, workdir, *args, config=TINY) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-class Background:
-  """A CLI run started now; result() waits for it. Output goes to files, so runs never block."""
+class Background(BackgroundProcess):
+  """A CLI run of `config` in `workdir`, started now."""
 
   def __init__(self, env, logdir: Path, name: str, workdir: Path, *args, config=TINY):
     self.workdir = workdir
-    self._out, self._err = logdir / f"{name}.stdout", logdir / f"{name}.stderr"
-    with open(self._out, "w") as out, open(self._err, "w") as err:
-      self._proc = subprocess.Popen(cli_command(workdir, *args, config=config), cwd=REPO,
-                                    env=env, stdout=out, stderr=err, text=True)
-
-  def result(self) -> subprocess.CompletedProcess:
-    code = self._proc.wait(timeout=TIMEOUT_S)
-    return subprocess.CompletedProcess(self._proc.args, code, self._out.read_text(),
-                                       self._err.read_text())
-
-  def kill(self) -> None:
-    if self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.wait()
+    super().__init__(cli_command(workdir, *args, config=config), env, logdir, name, REPO,
+                     TIMEOUT_S)
 
 
 def assert_user_error(proc, *names: str) -> str:

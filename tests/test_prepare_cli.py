@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from _shared import cli_env, tiny_config
+from _shared import BackgroundProcess, cli_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
@@ -44,25 +43,6 @@ def tree(root: Path) -> dict[str, str]:
   """Relative path -> sha256 of every file ("dir" for directories) under root."""
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
           if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
-
-
-class Run:
-  """A CLI run started now; result() waits. Output goes to files, so runs never block."""
-
-  def __init__(self, env, logdir: Path, name: str, argv: list[str]):
-    self._out, self._err = logdir / f"{name}.stdout", logdir / f"{name}.stderr"
-    with open(self._out, "w") as out, open(self._err, "w") as err:
-      self._proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-
-  def result(self) -> subprocess.CompletedProcess:
-    code = self._proc.wait(timeout=TIMEOUT_S)
-    return subprocess.CompletedProcess(self._proc.args, code, self._out.read_text(),
-                                       self._err.read_text())
-
-  def kill(self) -> None:
-    if self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.wait()
 
 
 def ok_json(proc) -> dict:
@@ -121,11 +101,11 @@ def cli(tmp_path_factory):
   started, results = {}, {}
   try:
     for name, argv in first.items():
-      started[name] = Run(env, root, name, argv)
+      started[name] = BackgroundProcess(argv, env, root, name, REPO, TIMEOUT_S)
     results["prepare"] = started["prepare"].result()
     before = tree(prepared)
     for name, argv in then.items():
-      started[name] = Run(env, root, name, argv)
+      started[name] = BackgroundProcess(argv, env, root, name, REPO, TIMEOUT_S)
     for name, run in started.items():
       results[name] = run.result()
   finally:

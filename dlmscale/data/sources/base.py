@@ -56,6 +56,18 @@ def decode_utf8(raw: bytes, where: str, ctx: SourceContext) -> str | None:
                     f"data.on_decode_error=skip to skip such documents") from None
 
 
+def as_text(value, where: str, what: str, ctx: SourceContext) -> str | None:
+  """A record's field as text: str as is, bytes through decode_utf8, numpy scalars unwrapped."""
+  if hasattr(value, "item") and getattr(value, "shape", None) == ():
+    value = value.item()
+  if isinstance(value, bytes):
+    return decode_utf8(value, where, ctx)
+  if isinstance(value, str):
+    return value
+  raise DataError(f"{where}: {what} is {type(value).__name__}, not text; point text_field= at "
+                  f"a raw text field")
+
+
 def iter_documents(spec: str, ctx: SourceContext | None = None) -> Iterator[Document]:
   """Documents of one source spec string, in the source's deterministic order."""
   ctx = ctx or SourceContext()

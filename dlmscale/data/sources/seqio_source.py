@@ -17,7 +17,7 @@ import importlib
 from typing import Iterator
 
 from dlmscale.data.errors import DataError
-from dlmscale.data.sources.base import Document, SourceContext, decode_utf8, register
+from dlmscale.data.sources.base import Document, SourceContext, as_text, register
 from dlmscale.data.spec import Spec, take_options
 
 _DEFAULTS = {"split": "train", "text_field": "text", "module": ""}
@@ -86,11 +86,4 @@ def _text(example, field: str, where: str, ctx: SourceContext) -> str | None:
       raise DataError(f"{where}: no field {field!r} (has {sorted(example)}); set text_field= to "
                       f"the raw text field")
     example = example[field]
-  if hasattr(example, "item") and getattr(example, "shape", None) == ():
-    example = example.item()  # A scalar numpy string.
-  if isinstance(example, bytes):
-    return decode_utf8(example, where, ctx)
-  if isinstance(example, str):
-    return example
-  raise DataError(f"{where}: field {field!r} is {type(example).__name__}, not a string; point "
-                  f"text_field= at a raw text field")
+  return as_text(example, where, f"field {field!r}", ctx)

@@ -12,7 +12,7 @@ import os
 from typing import Iterator
 
 from dlmscale.data.errors import DataError
-from dlmscale.data.sources.base import Document, SourceContext, decode_utf8, register
+from dlmscale.data.sources.base import Document, SourceContext, as_text, register
 from dlmscale.data.spec import Spec, take_options
 
 _DEFAULTS = {"split": "train", "text_field": "text", "data_dir": "", "download": False}
@@ -81,12 +81,4 @@ def _text(record, field: str, where: str, ctx: SourceContext) -> str | None:
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
     raise DataError(f"{where}: no feature {field!r} (has {keys}); set text_field= to the text "
                     f"feature")
-  value = record[field]
-  if hasattr(value, "item") and getattr(value, "shape", None) == ():
-    value = value.item()  # A scalar numpy string.
-  if isinstance(value, bytes):
-    return decode_utf8(value, where, ctx)
-  if isinstance(value, str):
-    return value
-  raise DataError(f"{where}: feature {field!r} is {type(value).__name__}, not text; point "
-                  f"text_field= at a tfds.features.Text feature")
+  return as_text(record[field], where, f"feature {field!r}", ctx)
