@@ -1,6 +1,7 @@
-"""The global batches are the same with 1 JAX process and with 2 (real processes on loopback,
-CPU gloo collectives), whatever each process's Grain worker count, and after a resume."""
+"""1 JAX process vs 2 (real processes on loopback, CPU gloo collectives): the same global batches
+whatever each process's Grain worker count and after a resume, and the same training run."""
 import hashlib
+import math
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import pytest
 from dlmscale import runner
 from dlmscale.data import ensure_prepared
 
-from _shared import tiny_config
+from _shared import TINY_CONFIG, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "global_batches.py")
@@ -69,3 +70,37 @@ def test_two_processes_resumed_mid_stream(tmp_path, expected):
   k = 5
   resumed = _run(tmp_path, "resumed", 2, [1, 0], start_step=k)
   assert resumed["hashes"] == expected["hashes"][k:]
+
+
+def _train_cli(tmp_path, name, num_processes) -> list[dict]:
+  """Trains tests/configs/tiny.py (ar) via the CLI on DEVICES devices: (results, metrics)."""
+  workdir = tmp_path / name
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}")
+  port = _free_port()
+  multi = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+            "--cpu_collectives=gloo"] if num_processes > 1 else [])
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "dlmscale.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+       "--config.objectives=ar", *multi, *([f"--process_id={i}"] if multi else [])],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(num_processes)]
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  lines = (workdir / "ar" / "metrics.jsonl").read_text().splitlines()
+  return results, [json.loads(line) for line in lines if '"train/loss"' in line]
+
+
+def test_two_process_training_matches_one_process(tmp_path):
+  """Same losses step by step (up to float summation order) and the same validation result."""
+  one_results, one = _train_cli(tmp_path, "one", 1)
+  two_results, two = _train_cli(tmp_path, "two", 2)
+  assert [m["step"] for m in one] == [m["step"] for m in two] and len(one) >= 4
+  for a, b in zip(one, two):
+    assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-5), (a, b)
+    assert math.isclose(a["train/grad_norm"], b["train/grad_norm"], rel_tol=1e-4), (a, b)
+  assert one[-1]["train/loss"] < one[0]["train/loss"] - 1.0  # it trained
+  assert one_results[0]["stream_fingerprint"] == two_results[0]["stream_fingerprint"]
+  assert math.isclose(one_results[0]["val_mean"], two_results[0]["val_mean"], rel_tol=1e-5)
