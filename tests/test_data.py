@@ -7,6 +7,7 @@ from dlmscale.data import (ByteTokenizer, DataError, TokenStream, get_tokenizer,
                            open_prepared, validation_batches, validation_subset)
 from dlmscale.data import sources
 from dlmscale.data.packing import is_validation, pack
+from dlmscale.data.spec import parse_spec, take_options
 
 L = 8  # synthetic sequence length
 
@@ -262,3 +263,29 @@ def test_validation_batches_keep_every_row():
 def test_stream_errors(kw, match):
   with pytest.raises(DataError, match=match):
     stream(**kw)
+
+
+# ---- spec strings -----------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "python_stdlib", "files:gs://bucket/a/*.jsonl?text_field=content",
+    "tfds:x/y:1.0.0?data_dir=/tmp/a b&split=train%26x",
+    "files:/a/*.txt?split=re:%5Cn%3D%3D", "sentencepiece:/m.model?eod=</s>&mask=<mask>"])
+def test_spec_str_round_trips(text):
+  """str(spec) is what meta.json records and errors print: parsing it gives the same spec."""
+  spec = parse_spec(text)
+  assert parse_spec(str(spec)) == spec
+  assert "%2F" not in str(spec)  # paths stay readable
+
+
+def test_spec_errors_and_typed_options():
+  spec = parse_spec("kind:t?n=3&flag=yes&name=a%26b")
+  assert spec.kind == "kind" and spec.target == "t" and spec.options["name"] == "a&b"
+  opts = take_options(spec, {"n": 1, "flag": False, "name": "", "unused": 0.5})
+  assert opts == {"n": 3, "flag": True, "name": "a&b", "unused": 0.5}
+  with pytest.raises(DataError, match="unknown option 'n'"):
+    take_options(spec, {"flag": False, "name": ""})
+  with pytest.raises(DataError, match="n='x' is not a valid int"):
+    take_options(parse_spec("k?n=x"), {"n": 1})
+  for bad, match in (("k?a=1&a=2", "given twice"), ("k?novalue", "not key=value"), ("", "empty")):
+    with pytest.raises(DataError, match=match):
+      parse_spec(bad)

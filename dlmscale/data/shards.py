@@ -34,7 +34,7 @@ class ShardWriter:
 
   def __init__(self, directory: str, split: str, seq_len: int, dtype, records_per_shard: int):
     if records_per_shard < 1:
-      raise DataError(f"records_per_shard must be >= 1, got {records_per_shard}")
+      raise DataError(f"data.records_per_shard must be >= 1, got {records_per_shard}")
     self._dir = directory
     self._split = split
     self._seq_len = seq_len

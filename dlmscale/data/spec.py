@@ -22,7 +22,9 @@ class Spec:
   def __str__(self) -> str:
     s = f"{self.kind}:{self.target}" if self.target else self.kind
     if self.options:
-      s += "?" + urllib.parse.urlencode(sorted(self.options.items()))
+      # Paths stay readable in errors and meta.json; '&', '=', '?' and '%' are still escaped.
+      s += "?" + urllib.parse.urlencode(sorted(self.options.items()), safe="/:,*",
+                                        quote_via=urllib.parse.quote)
     return s
 
 
