@@ -239,7 +239,12 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
     checkpointer.wait()
     result = {"objective": exp.objective, "steps": end,
               "tokens_seen": end * stream.tokens_per_step, "epochs": stream.epoch_at(end),
-              "stream_fingerprint": stream_fingerprint}
+              "stream_fingerprint": stream_fingerprint,
+              # What a reviewer needs to check two runs used the same prepared data.
+              "data": {"prepared_dir": exp.corpus.path,
+                       "tokenizer_fingerprint": exp.corpus.tokenizer.fingerprint(),
+                       "train_split_fingerprint": exp.corpus.train.fingerprint,
+                       "val_split_fingerprint": exp.corpus.val.fingerprint}}
     if end == stream.num_steps:
       result.update(validate(exp, state["params"]))
       writer.write(end, {k: result[k] for k in ("val_mean", "val_stderr")}, prefix="eval")

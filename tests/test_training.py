@@ -160,6 +160,8 @@ def test_objectives_share_the_stream(tiny_run):
   # results.json records the full fingerprint each run trained on.
   recorded = json.loads((tiny_run["workdir"] / "results.json").read_text())
   assert {r["objective"]: r["stream_fingerprint"] for r in recorded} == fp
+  data = [r["data"] for r in recorded]
+  assert data[0] == data[1] and data[0]["val_split_fingerprint"] == exps["ar"].corpus.val.fingerprint
   # ...and it identifies the stream: another data seed gives another fingerprint.
   other = TokenStream(exps["ar"].corpus.train, unique_tokens=cfg.data.unique_tokens,
                       total_tokens=cfg.data.total_tokens, global_batch=cfg.train.global_batch,
