@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from _shared import TINY_CONFIG, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "global_batches.py")
+LAUNCHER = os.path.join(ROOT, "launch", "local.py")
 DEVICES = 4  # global devices in every layout
 
 
@@ -72,31 +74,25 @@ def test_two_processes_resumed_mid_stream(tmp_path, expected):
   assert resumed["hashes"] == expected["hashes"][k:]
 
 
-def _train_cli(tmp_path, name, num_processes) -> list[dict]:
-  """Trains tests/configs/tiny.py (ar) via the CLI on DEVICES devices: (results, metrics)."""
+def _train_launched(tmp_path, name, num_processes, devices_per_process):
+  """Trains tests/configs/tiny.py (ar) through launch/local.py: (results, metrics, exit code)."""
   workdir = tmp_path / name
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES // num_processes}")
-  port = _free_port()
-  multi = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-            "--cpu_collectives=gloo"] if num_processes > 1 else [])
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "dlmscale.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
-       "--config.objectives=ar", *multi, *([f"--process_id={i}"] if multi else [])],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(num_processes)]
-  logs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
+  proc = subprocess.run(
+      [sys.executable, LAUNCHER, f"--num_processes={num_processes}",
+       f"--devices_per_process={devices_per_process}", f"--log_dir={tmp_path / (name + '_logs')}",
+       "--", f"--config={TINY_CONFIG}", f"--workdir={workdir}", "--config.objectives=ar"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   results = json.loads((workdir / "results.json").read_text())
   lines = (workdir / "ar" / "metrics.jsonl").read_text().splitlines()
   return results, [json.loads(line) for line in lines if '"train/loss"' in line]
 
 
 def test_two_process_training_matches_one_process(tmp_path):
-  """Same losses step by step (up to float summation order) and the same validation result."""
-  one_results, one = _train_cli(tmp_path, "one", 1)
-  two_results, two = _train_cli(tmp_path, "two", 2)
+  """launch/local.py with 2 processes x 4 devices trains like 1 process x 8 devices: the same
+  losses step by step (up to float summation order) and the same validation result."""
+  one_results, one = _train_launched(tmp_path, "one", 1, 8)
+  two_results, two = _train_launched(tmp_path, "two", 2, 4)
   assert [m["step"] for m in one] == [m["step"] for m in two] and len(one) >= 4
   for a, b in zip(one, two):
     assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-5), (a, b)
@@ -104,3 +100,15 @@ def test_two_process_training_matches_one_process(tmp_path):
   assert one[-1]["train/loss"] < one[0]["train/loss"] - 1.0  # it trained
   assert one_results[0]["stream_fingerprint"] == two_results[0]["stream_fingerprint"]
   assert math.isclose(one_results[0]["val_mean"], two_results[0]["val_mean"], rel_tol=1e-5)
+
+
+def test_launcher_stops_every_process_when_one_fails(tmp_path):
+  """A bad config fails in every process: the launcher returns the error exit code, not a hang."""
+  start = time.time()
+  proc = subprocess.run(
+      [sys.executable, LAUNCHER, "--num_processes=2", "--devices_per_process=2",
+       f"--log_dir={tmp_path / 'logs'}", "--", f"--config={TINY_CONFIG}",
+       f"--workdir={tmp_path / 'run'}", "--config.objectives=nope"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "nope" in proc.stderr and time.time() - start < 120
