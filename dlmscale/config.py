@@ -9,7 +9,7 @@ import numpy as np
 
 from dlmscale import objectives
 from dlmscale.errors import ConfigError
-from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig
+from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig, moe_config_problem
 from dlmscale.parallel import DEFAULT_RULES
 
 SCHEDULES = ("wsd", "cosine", "constant")
@@ -30,7 +30,11 @@ def default_config() -> ml_collections.ConfigDict:
       vocab_multiple=64, num_layers=2, d_model=64, num_heads=4, num_kv_heads=0, head_dim=0,
       d_ff=192, tie_embeddings=True, rope_base=10000.0, norm_eps=1e-6, init_std=0.02,
       qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="none",
-      dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0))
+      dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0,
+      # Mixture of experts (num_experts 0: dense); see dlmscale/models/moe.py.
+      num_experts=0, experts_per_token=2, moe_every=1, moe_d_ff=0, num_shared_experts=0,
+      router="softmax", renormalize_topk=False, moe_dispatch="dropless", capacity_factor=1.25,
+      load_balance_coef=0.01, router_z_coef=0.001))
 
   # Preparation (what the prepared data holds): sources are spec strings joined by ';'.
   c.data = ml_collections.ConfigDict(dict(
@@ -90,6 +94,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.model.num_heads % kv:
     raise ConfigError(f"model.num_heads={cfg.model.num_heads} is not a multiple of "
                       f"model.num_kv_heads={kv}")
+  problem = moe_config_problem(cfg.model)
+  if problem:
+    raise ConfigError(problem)
+  experts, expert_axis = cfg.model.num_experts, cfg.mesh.get("expert", 1)
+  if experts and expert_axis > 1 and experts % expert_axis:
+    raise ConfigError(f"model.num_experts={experts} is not divisible by mesh.expert="
+                      f"{expert_axis}: make the expert count a multiple of the expert axis")
   t = cfg.train
   if t.schedule not in SCHEDULES:
     raise ConfigError(f"unknown train.schedule {t.schedule!r}: use one of {list(SCHEDULES)}")

@@ -56,13 +56,25 @@ def token_cross_entropy(logits_BxLxV, targets_BxL):
   return jax.nn.logsumexp(logits, axis=-1) - label_logit
 
 
+def aux_metrics(aux) -> dict:
+  """Scalar metrics from the network's aux dict: aux_loss, and for MoE models moe_<term> (mean
+  over MoE layers) plus moe_load/<e> (fraction of assignments routed to expert e)."""
+  out = {"aux_loss": aux["aux_loss"]}
+  for name, value in aux.items():
+    if name == "expert_load":
+      out.update({f"moe_load/{e}": value[e] for e in range(value.shape[0])})
+    elif name != "aux_loss":
+      out[f"moe_{name}"] = value
+  return out
+
+
 def _next_token_loss(logits_BxLxV, tokens_BxL, aux):
   """Shifted next-token loss over the L-1 predictable positions (the last logit is unused)."""
   ce_Bx_L1 = token_cross_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
   predicted = jnp.argmax(logits_BxLxV[:, :-1], axis=-1)
   nll = ce_Bx_L1.mean()
   metrics = {"nll": nll, "accuracy": (predicted == tokens_BxL[:, 1:]).mean(),
-             "aux_loss": aux["aux_loss"]}
+             **aux_metrics(aux)}
   return nll + aux["aux_loss"], metrics
 
 
@@ -152,7 +164,7 @@ def mdm(forward, params, batch, rng, cfg):
   correct = (jnp.argmax(logits, -1) == tokens) & masked_BxL
   metrics = {"elbo": loss, "masked_ce": ce_BxL.sum() / jnp.maximum(n_masked_B.sum(), 1),
              "accuracy": correct.sum() / jnp.maximum(n_masked_B.sum(), 1),
-             "mask_fraction": masked_BxL.mean(), "aux_loss": aux["aux_loss"]}
+             "mask_fraction": masked_BxL.mean(), **aux_metrics(aux)}
   return loss + aux["aux_loss"], metrics
 
 

@@ -13,6 +13,7 @@ from flax import nnx
 
 from dlmscale.errors import ConfigError
 from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
+from dlmscale.models.moe import DISPATCHES, ROUTERS, MoE
 
 REMAT_POLICIES = {
     "none": None,
@@ -45,8 +46,23 @@ class ModelConfig:
   dropout_attention: float = 0.0
   dropout_residual: float = 0.0
   dropout_mlp: float = 0.0
+  # Mixture of experts (num_experts 0: every feed-forward is the dense SwiGLU).
+  num_experts: int = 0
+  experts_per_token: int = 2  # top-k
+  moe_every: int = 1  # layers k-1, 2k-1, ... are MoE; the others dense (needs scan_layers=False)
+  moe_d_ff: int = 0  # 0: d_ff
+  num_shared_experts: int = 0
+  router: str = "softmax"  # or "sigmoid"
+  renormalize_topk: bool = False
+  moe_dispatch: str = "dropless"  # or "capacity"
+  capacity_factor: float = 1.25
+  load_balance_coef: float = 0.01
+  router_z_coef: float = 0.001
 
   def __post_init__(self):
+    problem = moe_config_problem(self)
+    if problem:
+      raise ConfigError(problem)
     if not self.num_kv_heads:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     if not self.head_dim:
@@ -59,15 +75,49 @@ class ModelConfig:
     return {s: getattr(self, f"dropout_{s}") for s in DROPOUT_SITES}
 
 
-class Block(nnx.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def moe_config_problem(cfg) -> str | None:
+  """One-line description (with the fix) of an invalid MoE setting, or None. `cfg` is anything
+  with ModelConfig's MoE attributes (a ModelConfig or the config's model ConfigDict)."""
+  e = cfg.num_experts
+  if e < 0:
+    return f"model.num_experts must be >= 0 (0: dense), got {e}"
+  if not e:
+    return None
+  if not 1 <= cfg.experts_per_token <= e:
+    return (f"model.experts_per_token={cfg.experts_per_token} must be in [1, model.num_experts="
+            f"{e}]: lower the top-k or add experts")
+  if cfg.router not in ROUTERS:
+    return f"unknown model.router {cfg.router!r}: use one of {list(ROUTERS)}"
+  if cfg.moe_dispatch not in DISPATCHES:
+    return f"unknown model.moe_dispatch {cfg.moe_dispatch!r}: use one of {list(DISPATCHES)}"
+  if cfg.moe_every < 1 or cfg.moe_every > cfg.num_layers:
+    return (f"model.moe_every={cfg.moe_every} must be in [1, model.num_layers="
+            f"{cfg.num_layers}]")
+  if cfg.moe_every > 1 and cfg.scan_layers:
+    return (f"model.moe_every={cfg.moe_every} (interleaved dense/MoE layers) needs "
+            "model.scan_layers=False: scanned layers must all be alike")
+  if cfg.capacity_factor <= 0:
+    return f"model.capacity_factor must be > 0, got {cfg.capacity_factor}"
+  return None
 
-  def __init__(self, cfg: ModelConfig, key):
+
+def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
+  return cfg.num_experts > 0 and i % cfg.moe_every == cfg.moe_every - 1
+
+
+MOE_METRICS = ("load_balance_loss", "z_loss", "drop_fraction")
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); mlp is MoE or SwiGLU."""
+
+  def __init__(self, cfg: ModelConfig, key, moe: bool = False):
     ka, km = jax.random.split(key)
     self.attn_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
     self.attn = Attention(cfg, ka)
     self.mlp_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
-    self.mlp = SwiGLU(cfg, km)
+    self.moe = moe
+    self.mlp = MoE(cfg, km) if moe else SwiGLU(cfg, km)
 
   def __call__(self, x_BxLxD, *, causal, lengths_B, rates, key):
     k_attn, k_res1, k_mlp, k_res2 = jax.random.split(key, 4) if key is not None else (None,) * 4
@@ -75,12 +125,15 @@ class Block(nnx.Module):
                   dropout_rate=rates["attention"], key=k_attn)
     x_BxLxD = x_BxLxD + dropout(h, rates["residual"], k_res1)
     h = self.mlp(self.mlp_norm(x_BxLxD), dropout_rate=rates["mlp"], key=k_mlp)
-    return x_BxLxD + dropout(h, rates["residual"], k_res2)
+    aux = None
+    if self.moe:
+      h, aux = h
+    return x_BxLxD + dropout(h, rates["residual"], k_res2), aux
 
 
 @nnx.vmap(in_axes=(None, 0), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
 def _stacked_blocks(cfg, keys):
-  return Block(cfg, keys)
+  return Block(cfg, keys, moe=cfg.num_experts > 0)
 
 
 class Transformer(nnx.Module):
@@ -96,7 +149,8 @@ class Transformer(nnx.Module):
     if cfg.scan_layers:
       self.blocks = _stacked_blocks(cfg, block_keys)
     else:
-      self.blocks = nnx.List([Block(cfg, k) for k in block_keys])
+      self.blocks = nnx.List([Block(cfg, k, moe=is_moe_layer(cfg, i))
+                              for i, k in enumerate(block_keys)])
     self.final_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=pd)
     if not cfg.tie_embeddings:
       self.head = param(kh, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
@@ -104,7 +158,10 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxL, *, causal: bool, lengths_B=None, dropout_rates=None,
                dropout_key=None):
-    """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives."""
+    """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives.
+
+    MoE models add to aux the MoE layers' mean load_balance_loss, z_loss, drop_fraction (scalars)
+    and expert_load [E]; aux_loss is the sum over layers of each layer's weighted terms."""
     cfg = self.cfg
     unknown = sorted(set(dropout_rates or {}) - set(DROPOUT_SITES))
     if unknown:  # a misspelt site would otherwise silently train without that dropout
@@ -125,22 +182,33 @@ class Transformer(nnx.Module):
 
       def body(x, layer):
         layer_state, key = layer
-        return run_block(nnx.merge(graphdef, layer_state), x, key), None
+        return run_block(nnx.merge(graphdef, layer_state), x, key)
 
       if cfg.remat != "none":
         body = jax.checkpoint(body, policy=policy, prevent_cse=False)
       xs = (stacked, layer_keys if dropout_key is not None else None)
-      x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, xs, length=cfg.num_layers)
+      x_BxLxD, layer_aux = jax.lax.scan(body, x_BxLxD, xs, length=cfg.num_layers)
+      # Stacked [num_layers, ...] aux (every scanned layer is MoE) -> list of per-layer dicts.
+      moe_aux = ([jax.tree.map(lambda a, i=i: a[i], layer_aux) for i in range(cfg.num_layers)]
+                 if layer_aux is not None else [])
     else:
+      moe_aux = []
       for block, key in zip(self.blocks, layer_keys):
         if cfg.remat != "none":
           g, s = nnx.split(block)
-          x_BxLxD = jax.checkpoint(lambda s, x, k, g=g: run_block(nnx.merge(g, s), x, k),
-                                   policy=policy)(s, x_BxLxD, key)
+          x_BxLxD, aux = jax.checkpoint(lambda s, x, k, g=g: run_block(nnx.merge(g, s), x, k),
+                                        policy=policy)(s, x_BxLxD, key)
         else:
-          x_BxLxD = run_block(block, x_BxLxD, key)
+          x_BxLxD, aux = run_block(block, x_BxLxD, key)
+        if aux is not None:
+          moe_aux.append(aux)
     x_BxLxD = self.final_norm(x_BxLxD)
     w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
     logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxV.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
-    return logits_BxLxV, {"aux_loss": jnp.zeros((), jnp.float32)}
+    if not moe_aux:
+      return logits_BxLxV, {"aux_loss": jnp.zeros((), jnp.float32)}
+    aux = {name: sum(a[name] for a in moe_aux) / len(moe_aux)
+           for name in MOE_METRICS + ("expert_load",)}
+    aux["aux_loss"] = sum(a["aux_loss"] for a in moe_aux)
+    return logits_BxLxV, aux
