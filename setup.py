@@ -31,7 +31,8 @@ setup(
         "tensorboardX>=2.6.2,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.13,<2", *_SOURCE_EXTRAS],
+        # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies.
+        "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],

@@ -1,8 +1,9 @@
 """CLI: python -m dlmscale.main --config=FILE[:arg] [--workdir=DIR] [--mode=MODE].
 
 Modes: train (every objective, then validate), eval (validate checkpoints), prepare (tokenize and
-pack the corpus once), fingerprint (print the token-stream hash without training). The console
-script also takes the mode as a subcommand: `dlmscale prepare --config=...`.
+pack the corpus once), fingerprint (print the token-stream hash without training), compile (compile
+the sharded train step for --topology=v5p-64 with libtpu on this host: per-chip memory and FLOPs).
+The console script also takes the mode as a subcommand: `dlmscale prepare --config=...`.
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-MODES = ("train", "eval", "prepare", "fingerprint")
+MODES = ("train", "eval", "prepare", "fingerprint", "compile")
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES),
                           "train: train every objective and validate; eval: validate checkpoints; "
-                          "prepare: prepare the corpus; fingerprint: print the stream hash.")
+                          "prepare: prepare the corpus; fingerprint: print the stream hash; "
+                          "compile: compile the train step for --topology (no TPU, no data).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice for --mode=compile, e.g. v5p-64.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -93,6 +96,9 @@ def main(argv) -> None:
     _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
   if not _WORKDIR.value and _MODE.value in ("train", "eval"):
     _fail(f"--workdir is required for --mode={_MODE.value}, e.g. --workdir=runs/quickstart")
+  if _MODE.value == "compile":
+    _compile(_CONFIG.value, _TOPOLOGY.value)
+    return
   # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("absl", "orbax", "jax"):
@@ -117,6 +123,33 @@ def main(argv) -> None:
     sys.exit(143)
   except (DlmscaleError, DataError) as e:
     _fail(str(e))
+
+
+def _compile(cfg, topology: str | None) -> None:
+  """--mode=compile: every objective's step compiled for the slice; a table, then JSON."""
+  if not topology:
+    _fail("--topology is required for --mode=compile, e.g. --topology=v5p-64")
+  # The compile-only devices come from libtpu directly; a TPU backend is neither needed nor
+  # wanted (on a CPU host it would only print warnings while failing to start).
+  if not os.environ.get("JAX_PLATFORMS"):
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+  from dlmscale import commands, compile as compile_lib, config as config_lib
+  from dlmscale.errors import DlmscaleError
+  reports = []
+  try:
+    for objective in config_lib.objective_names(cfg):
+      try:
+        reports.append(compile_lib.compile_for_topology(cfg, objective, topology))
+      except compile_lib.DoesNotFitError as e:
+        if e.report:
+          reports.append(e.report)
+          print(compile_lib.format_table(reports), flush=True)
+        raise
+  except DlmscaleError as e:
+    _fail(str(e))
+  print(compile_lib.format_table(reports), flush=True)
+  commands.print_json(reports)
 
 
 def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:

@@ -1,0 +1,253 @@
+"""Compile mode: the real sharded train step compiled by libtpu for a named TPU topology, on a CPU.
+
+No TPU and no data are needed: the mesh is built over libtpu's compile-only devices for the
+topology, the state and batch are jax.ShapeDtypeStructs with their shardings, and the compiled
+program reports per-chip memory and FLOPs. That is how a pod config is checked before it is run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+
+from dlmscale import config as config_lib
+from dlmscale import flops, objectives, optim, parallel, train
+from dlmscale.errors import DlmscaleError
+from dlmscale.models.model import build_model
+
+
+class CompileError(DlmscaleError):
+  """The topology is unknown, libtpu is missing, or the step does not compile."""
+
+
+class DoesNotFitError(CompileError):
+  """The compiled step needs more memory per chip than the chip has; `report` holds the numbers."""
+
+  def __init__(self, message: str, report: dict | None = None):
+    super().__init__(message)
+    self.report = report
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A TPU slice: the topology string libtpu understands, chips, HBM and peak bf16 per chip."""
+  name: str
+  libtpu_name: str  # "<generation>:<chip grid>"
+  chips: int
+  hbm_bytes: int
+  device_kind: str  # what jax reports; keys flops.PEAK_FLOPS
+  # v4 and v5p chips hold two TensorCores; "megacore" makes them one device, as on a TPU VM.
+  chip_config: str | None = None
+
+  @property
+  def peak_flops_per_chip(self) -> float:
+    return flops.PEAK_FLOPS[self.device_kind]
+
+
+def _slices(gen: str, kind: str, hbm_gib: float, grids: dict[int, str], cores_per_chip: int,
+            aliases: tuple[str, ...] = (), chip_config: str | None = None) -> dict:
+  """Cloud TPU names: v4/v5p count TensorCores (2 per chip), v5e/v6e count chips."""
+  out = {}
+  for chips, grid in grids.items():
+    for prefix in (gen, *aliases):
+      name = f"{prefix}-{chips * cores_per_chip}"
+      out[name] = Topology(name, f"{gen}:{grid}", chips, int(hbm_gib * 2**30), kind,
+                           chip_config)
+  return out
+
+
+_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+       256: "4x8x8", 512: "8x8x8"}
+_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+       256: "16x16"}
+# HBM per chip: what libtpu's compiler says is available when a step does not fit (v5e, v5p),
+# else the nominal capacity.
+TOPOLOGIES: dict[str, Topology] = {
+    **_slices("v4", "TPU v4", 32, _3D, 2, chip_config="megacore"),
+    **_slices("v5p", "TPU v5", 95.74, _3D, 2, chip_config="megacore"),
+    **_slices("v5e", "TPU v5 lite", 15.75, _2D, 1, aliases=("v5litepod",)),
+    **_slices("v6e", "TPU v6 lite", 32, _2D, 1),
+}
+
+
+def get_topology(name: str) -> Topology:
+  if name not in TOPOLOGIES:
+    raise CompileError(f"unknown topology {name!r}: use one of {', '.join(TOPOLOGIES)}")
+  return TOPOLOGIES[name]
+
+
+def libtpu_available() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: Topology) -> list:
+  """libtpu's compile-only devices for the slice (no TPU attached)."""
+  if not libtpu_available():
+    raise CompileError("compile mode needs libtpu's compiler: pip install 'dlmscale[tpu]' "
+                       "(or jax[tpu]), then rerun")
+  from jax.experimental import topologies
+  kwargs = {"chip_config_name": topology.chip_config} if topology.chip_config else {}
+  # Off a TPU VM, libtpu prints warnings on load unless it is told what VM it is on; only its
+  # compile-only client is used here, so any consistent answer does. Its lockfile guards a real
+  # TPU against two processes; compiling touches no TPU, so parallel compiles are allowed.
+  quiet = {"TPU_ACCELERATOR_TYPE": topology.name, "TPU_WORKER_HOSTNAMES": "localhost",
+           "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+  saved = {k: os.environ.get(k) for k in quiet}
+  os.environ.update({k: v for k, v in quiet.items() if not saved[k]})
+  try:
+    devices = topologies.get_topology_desc(topology.libtpu_name, "tpu", **kwargs).devices
+  except jax.errors.JaxRuntimeError as e:
+    raise CompileError(f"libtpu could not describe {topology.name} ({topology.libtpu_name}): "
+                       f"{' '.join(str(e).split())[:300]}") from e
+  finally:
+    for k, v in saved.items():
+      if not v:
+        os.environ.pop(k, None)
+  if len(devices) != topology.chips:
+    raise CompileError(f"libtpu made {len(devices)} devices for {topology.name} "
+                       f"({topology.libtpu_name}), expected {topology.chips}")
+  return list(devices)
+
+
+def _vocab_and_mask(cfg) -> tuple[int, int]:
+  """The tokenizer's size and mask id without preparing the corpus; a trained or missing tokenizer
+  falls back on model.vocab_size (the mask id then only names a constant in the program)."""
+  from dlmscale.data.tokenizers import get_tokenizer, needs_training
+  spec = cfg.data.tokenizer
+  try:
+    if not needs_training(spec):
+      tok = get_tokenizer(spec)
+      return int(tok.vocab_size), int(tok.mask_id)
+  except Exception:  # e.g. a tokenizer file only on the training machine
+    pass
+  if not cfg.model.vocab_size:
+    raise CompileError(f"tokenizer {spec!r} is not available before preparation: set "
+                       "model.vocab_size to compile without data")
+  return int(cfg.model.vocab_size), int(cfg.model.vocab_size) - 1
+
+
+def _knobs(cfg, batch_per_chip: float) -> str:
+  t, m = cfg.train, cfg.model
+  return (f"lower the batch per chip ({batch_per_chip:g} sequences: train.global_batch="
+          f"{t.global_batch} / train.grad_accum={t.grad_accum} / data-parallel chips), set "
+          f"model.remat (now {m.remat!r}; 'full' saves the most), or shard the parameters over "
+          f"more chips with mesh.fsdp (now {cfg.mesh.fsdp})")
+
+
+def compile_for_topology(cfg, objective: str, topology: str | Topology, *,
+                         check_fit: bool = True) -> dict:
+  """Lowers and compiles the train step of `objective` for `topology`; returns per-chip memory,
+  compiler vs analytic FLOPs and compile time. Raises DoesNotFitError past the chip's HBM unless
+  check_fit is False (the report then says fits: False)."""
+  config_lib.validate(cfg)
+  topo = topology if isinstance(topology, Topology) else get_topology(topology)
+  devices = topology_devices(topo)
+  vocab, mask_id = _vocab_and_mask(cfg)
+  t, d = cfg.train, cfg.data
+  mesh = parallel.make_mesh(dict(cfg.mesh), devices)
+  rules = tuple(cfg.rules)
+  dp = parallel.data_parallel_size(mesh, rules)
+  micro = t.global_batch // t.grad_accum
+  if micro % dp:
+    raise config_lib.ConfigError(
+        f"batch per microbatch {micro} (train.global_batch / train.grad_accum) is not divisible "
+        f"by the {dp} data-parallel chips of mesh {dict(mesh.shape)}: change the batch or mesh")
+  # The same pieces runner.build_experiment wires, minus the token stream.
+  num_steps = max(1, d.total_tokens // (t.global_batch * d.seq_len))
+  model = build_model(config_lib.model_config(cfg, vocab))
+  optimizer = optim.make_optimizer(t, num_steps, model.logical_axes)
+  schedule = optim.make_schedule(t, num_steps)
+  shardings = train.state_shardings(model, optimizer, mesh, rules)
+  args = objectives.resolve_args(objective, cfg.objective_args.get(objective), mask_id)
+  loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
+  step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=t.grad_accum,
+                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
+  b_sh = parallel.batch_sharding(mesh, rules)
+  step_fn = train.compile_step(step, shardings, b_sh)
+
+  abstract = jax.eval_shape(lambda: train.init_state(model, optimizer, cfg.seed))
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract, shardings)
+  batch = jax.ShapeDtypeStruct((t.global_batch, d.seq_len), jnp.int32, sharding=b_sh)
+  batch_per_chip = micro / dp
+  start = time.time()
+  try:
+    compiled = step_fn.lower(state, batch).compile()
+  except jax.errors.JaxRuntimeError as e:
+    text = " ".join(str(e).split())
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+      # e.g. "the total memory required for HLO temporaries (3.58T) exceeds available HBM (95.74G)"
+      said = re.search(r"memory required for (.*?exceeds available HBM \([^)]*\))", text)
+      said = f" ({said.group(1)})" if said else ""
+      raise DoesNotFitError(f"{topo.name}: the {objective} step does not fit in HBM per chip{said}:"
+                            f" {_knobs(cfg, batch_per_chip)}") from e
+    raise CompileError(f"{topo.name}: libtpu failed to compile the {objective} step: "
+                       f"{text[:300]}") from e
+  compile_s = time.time() - start
+
+  mem = compiled.memory_analysis()
+  # Donated state aliases its outputs: count those bytes once.
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  tokens_per_step = t.global_batch * d.seq_len
+  analytic = flops.train_flops_per_token(model.cfg, d.seq_len) * tokens_per_step / topo.chips
+  compiler_flops = float(cost.get("flops", 0.0))
+  params = model.param_counts()["total"]
+  report = {
+      "topology": topo.name, "libtpu_topology": topo.libtpu_name, "chips": topo.chips,
+      "device_kind": devices[0].device_kind, "objective": objective,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "params": params, "param_bytes": _param_bytes(abstract["params"]),
+      "global_batch": t.global_batch, "seq_len": d.seq_len, "grad_accum": t.grad_accum,
+      "batch_per_chip": batch_per_chip, "remat": cfg.model.remat,
+      "memory_per_chip": {"arguments": mem.argument_size_in_bytes,
+                          "outputs": mem.output_size_in_bytes,
+                          "aliased": mem.alias_size_in_bytes,
+                          "temporaries": mem.temp_size_in_bytes,
+                          "generated_code": mem.generated_code_size_in_bytes, "total": total},
+      "hbm_per_chip": topo.hbm_bytes, "hbm_fraction": total / topo.hbm_bytes,
+      "fits": total <= topo.hbm_bytes,
+      "compiler_flops_per_chip": compiler_flops, "analytic_flops_per_chip": analytic,
+      "compiler_over_analytic": compiler_flops / analytic if analytic else None,
+      # Step time at 100% MFU: a floor for what the slice can do with this config.
+      "ideal_step_s": analytic / topo.peak_flops_per_chip,
+      "compile_s": compile_s,
+  }
+  if check_fit and not report["fits"]:
+    raise DoesNotFitError(
+        f"{topo.name}: the {objective} step needs {total / 2**30:.1f} GiB per chip, more than the "
+        f"{topo.hbm_bytes / 2**30:g} GiB of HBM: {_knobs(cfg, batch_per_chip)}", report)
+  return report
+
+
+def _param_bytes(abstract_params) -> int:
+  return sum(math.prod(p.shape) * jnp.dtype(p.dtype).itemsize
+             for p in jax.tree.leaves(abstract_params))
+
+
+def format_table(reports: list[dict]) -> str:
+  """One row per compiled step: per-chip memory in GiB, FLOPs in TFLOP per chip per step."""
+  gib = lambda b: f"{b / 2**30:.2f}"
+  header = ("topology", "objective", "mesh", "batch/chip", "args GiB", "temp GiB", "total GiB",
+            "HBM GiB", "fits", "compiler TF", "analytic TF", "ratio", "compile s")
+  rows = [header]
+  for r in reports:
+    m = r["memory_per_chip"]
+    mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
+    ratio = r["compiler_over_analytic"]
+    rows.append((r["topology"], r["objective"], mesh, f"{r['batch_per_chip']:g}",
+                 gib(m["arguments"]), gib(m["temporaries"]), gib(m["total"]),
+                 gib(r["hbm_per_chip"]), "yes" if r["fits"] else "NO",
+                 f"{r['compiler_flops_per_chip'] / 1e12:.3g}",
+                 f"{r['analytic_flops_per_chip'] / 1e12:.3g}",
+                 "-" if ratio is None else f"{ratio:.2f}", f"{r['compile_s']:.1f}"))
+  widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+  return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in rows)
