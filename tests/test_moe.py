@@ -163,6 +163,30 @@ def test_scanned_rematted_layers_equal_unscanned():
                            "expert_load"}
 
 
+def test_scanned_periods_equal_unscanned_interleaved_layers():
+  """moe_every=2 scanned as 2 periods of (dense, MoE) equals the same 4 layers in a loop."""
+  scanned = build_model(make_cfg(num_layers=4, moe_every=2))
+  looped = build_model(make_cfg(num_layers=4, moe_every=2, scan_layers=False))
+  period = scanned.abstract_params["blocks"]["layers"]
+  assert period[0]["mlp"]["w_gate"].shape == (2, D, 64)  # (periods, embed, mlp): dense
+  assert period[1]["mlp"]["w_gate"].shape == (2, 4, D, 32)  # (periods, expert, embed, mlp)
+  assert scanned.logical_axes["blocks"]["layers"][1]["mlp"]["w_gate"] == (
+      "layers", "expert", "embed", "mlp")
+  params = scanned.init(jax.random.key(0))
+  unstacked = dict(params, blocks={
+      i: jax.tree.map(lambda a, i=i: a[i // 2], params["blocks"]["layers"][i % 2])
+      for i in range(4)})
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, MASK, (2, L)), jnp.int32)
+
+  def run(model, p):
+    f = jax.jit(lambda p: model.apply(p, tokens, causal=True))
+    return f.lower(p).compile(FAST)(p)
+
+  out_s, out_l = run(scanned, params), run(looped, unstacked)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out_s, out_l)
+  assert float(out_s[1]["aux_loss"]) > 0
+
+
 # ---- sharded train step -------------------------------------------------------------------
 MESHES = {"data2_expert4": dict(data=2, expert=4), "fsdp2_expert4": dict(fsdp=2, expert=4)}
 
@@ -226,8 +250,11 @@ def test_moe_train_step_matches_single_device(dispatch, mesh_name):
 def test_bad_settings_are_config_errors():
   with pytest.raises(ConfigError, match=r"experts_per_token=5 .*num_experts=4"):
     make_cfg(experts_per_token=5)
-  with pytest.raises(ConfigError, match="scan_layers=False"):
-    make_cfg(num_layers=2, moe_every=2)
+  with pytest.raises(ConfigError, match=r"num_layers=3 .*moe_every=2"):
+    make_cfg(num_layers=3, moe_every=2)
+  with pytest.raises(ConfigError, match=r"moe_every=3 must be in \[1, model.num_layers=2\]"):
+    make_cfg(num_layers=2, moe_every=3)
+  assert make_cfg(num_layers=3, moe_every=2, scan_layers=False).moe_every == 2
   with pytest.raises(ConfigError, match="model.router"):
     make_cfg(router="relu")
   with pytest.raises(ConfigError, match="model.moe_dispatch"):

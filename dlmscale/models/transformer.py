@@ -49,7 +49,8 @@ class ModelConfig:
   # Mixture of experts (num_experts 0: every feed-forward is the dense SwiGLU).
   num_experts: int = 0
   experts_per_token: int = 2  # top-k
-  moe_every: int = 1  # layers k-1, 2k-1, ... are MoE; the others dense (needs scan_layers=False)
+  # Layers k-1, 2k-1, ... are MoE, the others dense; scanned, the scan body is one period of k.
+  moe_every: int = 1
   moe_d_ff: int = 0  # 0: d_ff
   num_shared_experts: int = 0
   router: str = "softmax"  # or "sigmoid"
@@ -93,9 +94,9 @@ def moe_config_problem(cfg) -> str | None:
   if cfg.moe_every < 1 or cfg.moe_every > cfg.num_layers:
     return (f"model.moe_every={cfg.moe_every} must be in [1, model.num_layers="
             f"{cfg.num_layers}]")
-  if cfg.moe_every > 1 and cfg.scan_layers:
-    return (f"model.moe_every={cfg.moe_every} (interleaved dense/MoE layers) needs "
-            "model.scan_layers=False: scanned layers must all be alike")
+  if cfg.scan_layers and cfg.num_layers % cfg.moe_every:
+    return (f"model.num_layers={cfg.num_layers} is not a multiple of model.moe_every="
+            f"{cfg.moe_every}: scanned layers repeat whole periods (or set scan_layers=False)")
   if cfg.capacity_factor <= 0:
     return f"model.capacity_factor must be > 0, got {cfg.capacity_factor}"
   return None
@@ -131,8 +132,31 @@ class Block(nnx.Module):
     return x_BxLxD + dropout(h, rates["residual"], k_res2), aux
 
 
+class Period(nnx.Module):
+  """moe_every consecutive blocks, the last one MoE: the scan body of an interleaved model."""
+
+  def __init__(self, cfg: ModelConfig, key):
+    keys = jax.random.split(key, cfg.moe_every)
+    self.layers = nnx.List([Block(cfg, k, moe=is_moe_layer(cfg, i)) for i, k in enumerate(keys)])
+
+  def __call__(self, x_BxLxD, *, causal, lengths_B, rates, key):
+    n = len(self.layers)
+    keys = jax.random.split(key, n) if key is not None else [None] * n
+    for layer, k in zip(self.layers, keys):
+      x_BxLxD, aux = layer(x_BxLxD, causal=causal, lengths_B=lengths_B, rates=rates, key=k)
+    return x_BxLxD, aux
+
+
+def scan_length(cfg: ModelConfig) -> int:
+  """Scan iterations: layers, or periods of moe_every layers when dense and MoE interleave."""
+  interleaved = cfg.num_experts and cfg.moe_every > 1
+  return cfg.num_layers // cfg.moe_every if interleaved else cfg.num_layers
+
+
 @nnx.vmap(in_axes=(None, 0), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
 def _stacked_blocks(cfg, keys):
+  if scan_length(cfg) != cfg.num_layers:
+    return Period(cfg, keys)
   return Block(cfg, keys, moe=cfg.num_experts > 0)
 
 
@@ -145,10 +169,10 @@ class Transformer(nnx.Module):
     pd = cfg.param_dtype
     self.embed = param(ke, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std=cfg.init_std,
                        dtype=pd)
-    block_keys = jax.random.split(kb, cfg.num_layers)
     if cfg.scan_layers:
-      self.blocks = _stacked_blocks(cfg, block_keys)
+      self.blocks = _stacked_blocks(cfg, jax.random.split(kb, scan_length(cfg)))
     else:
+      block_keys = jax.random.split(kb, cfg.num_layers)
       self.blocks = nnx.List([Block(cfg, k, moe=is_moe_layer(cfg, i))
                               for i, k in enumerate(block_keys)])
     self.final_norm = RMSNorm(cfg.d_model, "norm", eps=cfg.norm_eps, param_dtype=pd)
@@ -174,8 +198,8 @@ class Transformer(nnx.Module):
     def run_block(block, x, key):
       return block(x, causal=causal, lengths_B=lengths_B, rates=rates, key=key)
 
-    layer_keys = (jax.random.split(dropout_key, cfg.num_layers) if dropout_key is not None
-                  else [None] * cfg.num_layers)
+    n = scan_length(cfg) if cfg.scan_layers else cfg.num_layers
+    layer_keys = jax.random.split(dropout_key, n) if dropout_key is not None else [None] * n
     policy = REMAT_POLICIES[cfg.remat]
     if cfg.scan_layers:
       graphdef, stacked = nnx.split(self.blocks)
@@ -187,9 +211,9 @@ class Transformer(nnx.Module):
       if cfg.remat != "none":
         body = jax.checkpoint(body, policy=policy, prevent_cse=False)
       xs = (stacked, layer_keys if dropout_key is not None else None)
-      x_BxLxD, layer_aux = jax.lax.scan(body, x_BxLxD, xs, length=cfg.num_layers)
-      # Stacked [num_layers, ...] aux (every scanned layer is MoE) -> list of per-layer dicts.
-      moe_aux = ([jax.tree.map(lambda a, i=i: a[i], layer_aux) for i in range(cfg.num_layers)]
+      x_BxLxD, layer_aux = jax.lax.scan(body, x_BxLxD, xs, length=n)
+      # Stacked [n, ...] aux (one MoE layer per scan step) -> list of per-layer dicts.
+      moe_aux = ([jax.tree.map(lambda a, i=i: a[i], layer_aux) for i in range(n)]
                  if layer_aux is not None else [])
     else:
       moe_aux = []
