@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax
 
-from dlmscale.models.transformer import ModelConfig
+from dlmscale.models.transformer import ModelConfig, is_moe_layer
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -21,10 +21,20 @@ PEAK_FLOPS = {
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-  """Parameters that take part in a matmul per token (the embedding lookup does not; the head does)."""
+  """Parameters that take part in a matmul per token (the embedding lookup does not; the head does).
+
+  MoE layers count what one token uses: its top-k routed experts, the shared experts and the
+  router, not the idle experts (so 6N stays the compute of a step, not of all parameters)."""
   attn = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
   mlp = 3 * cfg.d_model * cfg.d_ff
-  return cfg.num_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
+  moe_layers = sum(is_moe_layer(cfg, i) for i in range(cfg.num_layers))
+  moe = 0
+  if moe_layers:
+    expert = 3 * cfg.d_model * (cfg.moe_d_ff or cfg.d_ff)
+    moe = ((cfg.experts_per_token + cfg.num_shared_experts) * expert
+           + cfg.d_model * cfg.num_experts)
+  return (cfg.num_layers * attn + (cfg.num_layers - moe_layers) * mlp + moe_layers * moe
+          + cfg.d_model * cfg.vocab_size)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -58,3 +58,39 @@ def test_mfu_needs_a_peak_and_scales_with_throughput():
   assert flops.mfu(2e6, 1e9, 1e15) == pytest.approx(2 * one)
   assert flops.peak_flops_per_device(123.0) == 123.0
   assert flops.peak_flops_per_device() is None  # CPU: no known peak
+
+
+def _moe_cfg(**kw):
+  base = dict(vocab_size=512, num_layers=4, d_model=64, num_heads=4, d_ff=192, num_experts=1,
+              experts_per_token=1)
+  return dlmscale.ModelConfig(**dict(base, **kw))
+
+
+def test_moe_flops_count_active_experts_and_the_router():
+  dense = dlmscale.ModelConfig(vocab_size=512, num_layers=4, d_model=64, num_heads=4, d_ff=192)
+  router = 4 * 64  # one expert: a [D, 1] router per layer
+  # One expert, top-1: the dense SwiGLU's matmuls plus the router's.
+  assert flops.matmul_params(_moe_cfg()) == flops.matmul_params(dense) + router
+  assert (flops.train_flops_per_token(_moe_cfg(), 128)
+          == flops.train_flops_per_token(dense, 128) + 6 * router)
+  # E experts top-k: the expert part scales with k, not with E (idle experts cost nothing).
+  expert_part = 4 * 3 * 64 * 192
+  for e, k in ((8, 1), (8, 2), (16, 4)):
+    got = flops.matmul_params(_moe_cfg(num_experts=e, experts_per_token=k))
+    assert got == flops.matmul_params(dense) - expert_part + k * expert_part + 4 * 64 * e
+  # Interleaved (every 2nd layer MoE), narrow experts and a shared expert.
+  cfg = _moe_cfg(num_experts=8, experts_per_token=2, moe_every=2, moe_d_ff=32,
+                 num_shared_experts=1)
+  moe_layer = (2 + 1) * 3 * 64 * 32 + 64 * 8
+  assert flops.matmul_params(cfg) == flops.matmul_params(dense) - 2 * 3 * 64 * 192 + 2 * moe_layer
+
+
+@pytest.mark.parametrize("kw", [dict(num_experts=8, experts_per_token=2),
+                                dict(num_experts=8, experts_per_token=3, moe_every=2,
+                                     moe_d_ff=48, num_shared_experts=1)])
+def test_moe_flops_agree_with_active_param_count(kw):
+  cfg = _moe_cfg(**kw)
+  counts = dlmscale.build_model(cfg).param_counts()
+  norms = cfg.num_layers * (2 * cfg.d_model + 2 * cfg.head_dim) + cfg.d_model
+  # Tied: the embedding counted once in `active` is the head's matmul.
+  assert flops.matmul_params(cfg) == counts["active"] - norms

@@ -38,12 +38,25 @@ class Model:
                   dropout_key=dropout_key)
 
   def param_counts(self) -> dict[str, int]:
-    """Total parameters and non-embedding parameters (embedding and untied head excluded)."""
+    """Total parameters and non-embedding parameters (embedding and untied head excluded).
+
+    MoE models also report `expert` (routed-expert weights, all experts) and `active` (used per
+    token: everything else, shared experts and routers included, plus top-k / E of the routed
+    experts). Dense models keep the two keys, so their counts are unchanged for callers."""
     sizes = {"/".join(str(k.key) for k in path): math.prod(leaf.shape)
              for path, leaf in jax.tree_util.tree_flatten_with_path(self.abstract_params)[0]}
     total = sum(sizes.values())
     embedding = sum(v for k, v in sizes.items() if k in ("embed", "head"))
-    return {"total": total, "non_embedding": total - embedding}
+    counts = {"total": total, "non_embedding": total - embedding}
+    if self.cfg.num_experts:
+      # Routed experts are the w_* siblings of a router (shared experts sit one level deeper).
+      moe_dirs = {k.rsplit("/", 1)[0] for k in sizes if k.rsplit("/", 1)[-1] == "router"}
+      expert = sum(v for k, v in sizes.items() if k.rsplit("/", 1)[0] in moe_dirs
+                   and k.rsplit("/", 1)[-1] in ("w_gate", "w_up", "w_down"))
+      # Every MoE layer holds E equal experts, so the per-expert share is exact.
+      active_expert = expert // self.cfg.num_experts * self.cfg.experts_per_token
+      counts.update(expert=expert, active=total - expert + active_expert)
+    return counts
 
 
 def build_model(cfg: ModelConfig) -> Model:

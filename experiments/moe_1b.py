@@ -1,0 +1,37 @@
+"""Sparse study, "8B1A": an MoE of ~8B total, ~1B active parameters (configs/models.PAPER_8B1A).
+
+The paper does not publish its expert count or top-k; ours: the dense 1B's attention, width (1792),
+depth (26) and vocabulary, every FFN an MoE of 96 SwiGLU experts of width 592 (= the 1B's 4736 / 8),
+top-8 softmax routing, no shared expert, dropless dispatch. A token's 8 experts match the dense 1B
+FFN's compute (only a [1792, 96] router per layer is added), so 1B1A and 8B1A train at the same
+FLOPs per token and differ only in parameters (12x the FFN's).
+Parameters (Model.param_counts): 8,372,377,600 total; 1,090,607,104 active; 7,943,749,632 in
+routed experts; 8,282,295,552 non-embedding.
+Recipe as experiments/dense_1b.py (sequence 2048, global batch 256: the paper's batch follows the
+~1B active size; AdamW + WSD, bf16, full remat; 1B unique tokens x 96 epochs); objectives ar and
+mdm, one with --config.objectives=mdm. Default mesh: expert axis 8 (12 experts per chip), FSDP
+over the rest of the slice; the batch is split over both.
+
+On a TPU VM (every host runs the same command):
+  python -m dlmscale.main --config=experiments/moe_1b.py --workdir=gs://BUCKET/moe_1b
+
+Data: as experiments/dense_1b.py (the configs/prepare_nl.py corpus; a larger one for 1B unique).
+"""
+from configs import models, optimizers, prepare_nl
+from dlmscale.config import default_config
+
+SEQ_LEN = 2048
+GLOBAL_BATCH = 256
+
+
+def get_config():
+  c = default_config()
+  c.objectives = ("ar", "mdm")
+  c.model.update(models.PAPER_8B1A)
+  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
+  c.data.update(prepare_nl.get_config().data)
+  c.data.update(seq_len=SEQ_LEN, unique_tokens=1_000_000_000, total_tokens=96_000_000_000)
+  c.train.update(optimizers.PAPER)
+  c.train.update(global_batch=GLOBAL_BATCH, log_every=100, checkpoint_every=1000)
+  c.mesh.update(data=1, fsdp=-1, tensor=1, expert=8)
+  return c
