@@ -28,6 +28,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", None, "e.g. 'gloo' for multi-process CPU.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job whose peers jax finds "
+                               "itself (Cloud TPU slices, Slurm, Open MPI): launch/tpu_vm.sh.")
 
 
 def _fail(message: str) -> None:
@@ -109,7 +111,7 @@ def main(argv) -> None:
   from dlmscale.parallel import maybe_initialize_distributed
   try:
     maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                 _CPU_COLLECTIVES.value)
+                                 _CPU_COLLECTIVES.value, auto=_MULTIHOST.value)
     if _MODE.value == "train":
       experiment.train_all(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "eval":

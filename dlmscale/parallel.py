@@ -141,10 +141,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def maybe_initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                                 process_id: int | None, cpu_collectives: str | None = None):
-  """Joins a multi-process job when asked (or on a TPU pod, where jax finds the peers itself)."""
+                                 process_id: int | None, cpu_collectives: str | None = None,
+                                 auto: bool = False):
+  """Joins a multi-process job when asked.
+
+  auto: jax.distributed.initialize() with no arguments, which finds the peers itself on Cloud
+  TPU slices, Slurm and Open MPI (what launch/tpu_vm.sh passes via --multihost).
+  """
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
   if coordinator_address or (num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
+  elif auto:
+    jax.distributed.initialize()
