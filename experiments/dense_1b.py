@@ -4,7 +4,8 @@ Parameters (Model.param_counts): 1,086,134,272 total = active (dense); 996,052,2
 Recipe (PAPER.md): sequence 2048, global batch 256, AdamW + WSD (configs/optimizers.PAPER), bf16
 compute, full remat. Data budget of the model-size study (the sparse study states none): 1B unique
 tokens repeated 96 times (96B tokens, ~183k steps). Both objectives by default; pick one with
---config.objectives=mdm (or ar). Default mesh: FSDP over the whole slice.
+--config.objectives=mdm (or ar). Default mesh: data-parallel over the slice: BENCHMARKS.md "TPU
+compile" fits it on a v5p-64 (27.4 GiB per chip), while fsdp there needs 198 GiB of temporaries.
 
 On a TPU VM (every host runs the same command):
   python -m dlmscale.main --config=experiments/dense_1b.py --workdir=gs://BUCKET/dense_1b
@@ -30,5 +31,5 @@ def get_config():
   c.data.update(seq_len=SEQ_LEN, unique_tokens=1_000_000_000, total_tokens=96_000_000_000)
   c.train.update(optimizers.PAPER)
   c.train.update(global_batch=GLOBAL_BATCH, log_every=100, checkpoint_every=1000)
-  c.mesh.update(meshes.FSDP)
+  c.mesh.update(meshes.DATA_PARALLEL)
   return c
