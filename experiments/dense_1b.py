@@ -8,28 +8,18 @@ tokens repeated 96 times (96B tokens, ~183k steps). Both objectives by default; 
 compile" fits it on a v5p-64 (27.4 GiB per chip), while fsdp there needs 198 GiB of temporaries.
 
 On a TPU VM (every host runs the same command):
-  python -m dlmscale.main --config=experiments/dense_1b.py --workdir=gs://BUCKET/dense_1b
+  python -m dlmscale.main --config=experiments/dense_1b.py --workdir=/mnt/shared/runs/dense_1b
 
 Data: the English corpus of configs/prepare_nl.py (~23M tokens) is what ships; a 1B-unique run
 needs a larger corpus, e.g. --config.data.sources='tfds:c4/en?data_dir=gs://BUCKET/tfds' (the
 stream stops with a one-line error if unique_tokens exceeds the prepared tokens). The vocabulary
 stays the paper's 50269 so the counts above hold whatever tokenizer fills it.
 """
-from configs import meshes, models, optimizers, prepare_nl
-from dlmscale.config import default_config
+from configs import meshes, models
+from configs.sparse_study import study_config
 
-SEQ_LEN = 2048
 GLOBAL_BATCH = 256
 
 
 def get_config():
-  c = default_config()
-  c.objectives = ("ar", "mdm")
-  c.model.update(models.PAPER_1B)
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
-  c.data.update(prepare_nl.get_config().data)
-  c.data.update(seq_len=SEQ_LEN, unique_tokens=1_000_000_000, total_tokens=96_000_000_000)
-  c.train.update(optimizers.PAPER)
-  c.train.update(global_batch=GLOBAL_BATCH, log_every=100, checkpoint_every=1000)
-  c.mesh.update(meshes.DATA_PARALLEL)
-  return c
+  return study_config(models.PAPER_1B, GLOBAL_BATCH, meshes.DATA_PARALLEL)

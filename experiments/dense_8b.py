@@ -9,28 +9,18 @@ Default mesh: FSDP over the whole slice (params + Adam state are ~95 GB); BENCHM
 compile" finds it does not yet fit a v5p-128 at this batch (fsdp activation sharding, open).
 
 On a TPU VM (every host runs the same command):
-  python -m dlmscale.main --config=experiments/dense_8b.py --workdir=gs://BUCKET/dense_8b
+  python -m dlmscale.main --config=experiments/dense_8b.py --workdir=/mnt/shared/runs/dense_8b
 
 Data: the English corpus of configs/prepare_nl.py (~23M tokens) is what ships; a 1B-unique run
 needs a larger corpus, e.g. --config.data.sources='tfds:c4/en?data_dir=gs://BUCKET/tfds' (the
 stream stops with a one-line error if unique_tokens exceeds the prepared tokens). The vocabulary
 stays the paper's 50269 so the counts above hold whatever tokenizer fills it.
 """
-from configs import meshes, models, optimizers, prepare_nl
-from dlmscale.config import default_config
+from configs import meshes, models
+from configs.sparse_study import study_config
 
-SEQ_LEN = 2048
 GLOBAL_BATCH = 1024
 
 
 def get_config():
-  c = default_config()
-  c.objectives = ("ar", "mdm")
-  c.model.update(models.DENSE_8B)
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
-  c.data.update(prepare_nl.get_config().data)
-  c.data.update(seq_len=SEQ_LEN, unique_tokens=1_000_000_000, total_tokens=96_000_000_000)
-  c.train.update(optimizers.PAPER)
-  c.train.update(global_batch=GLOBAL_BATCH, log_every=100, checkpoint_every=1000)
-  c.mesh.update(meshes.FSDP)
-  return c
+  return study_config(models.DENSE_8B, GLOBAL_BATCH, meshes.FSDP)

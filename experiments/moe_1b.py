@@ -16,26 +16,17 @@ dropless needs 107 GiB even at 4 per chip (the compiler counts > 10x the analyti
 TPU ragged_dot seems to run every expert on every token) and fsdp x expert 216 GiB.
 
 On a TPU VM (every host runs the same command):
-  python -m dlmscale.main --config=experiments/moe_1b.py --workdir=gs://BUCKET/moe_1b
+  python -m dlmscale.main --config=experiments/moe_1b.py --workdir=/mnt/shared/runs/moe_1b
 
 Data: as experiments/dense_1b.py (the configs/prepare_nl.py corpus; a larger one for 1B unique).
 """
-from configs import models, optimizers, prepare_nl
-from dlmscale.config import default_config
+from configs import models
+from configs.sparse_study import study_config
 
-SEQ_LEN = 2048
 GLOBAL_BATCH = 256
 
 
 def get_config():
-  c = default_config()
-  c.objectives = ("ar", "mdm")
-  c.model.update(models.PAPER_8B1A)
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
-  c.data.update(prepare_nl.get_config().data)
-  c.data.update(seq_len=SEQ_LEN, unique_tokens=1_000_000_000, total_tokens=96_000_000_000)
-  c.train.update(optimizers.PAPER)
-  c.train.update(global_batch=GLOBAL_BATCH, log_every=100, checkpoint_every=1000)
+  c = study_config(models.PAPER_8B1A, GLOBAL_BATCH, dict(data=-1, fsdp=1, tensor=1, expert=8))
   c.model.moe_dispatch = "capacity"
-  c.mesh.update(data=-1, fsdp=1, tensor=1, expert=8)
   return c
