@@ -55,7 +55,27 @@ def default_config() -> ml_collections.ConfigDict:
       peak_flops_per_device=0.0))  # 0: look the chip up; CPU has no known peak
 
   # max_sequences: evenly spaced validation rows (None: all of them).
-  c.eval = ml_collections.ConfigDict(dict(batch_size=32, mask_samples=8, max_sequences=256))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=32, mask_samples=8, max_sequences=256,
+      # Benchmarks (dlmscale/evaluation/tasks): names such as ('hellaswag', 'arc_easy'); limit 0 =
+      # every example; a DLM scores each option with `dlm_estimator` and `dlm_samples` mask draws.
+      tasks=(), num_fewshot=0, limit=0, dlm_estimator="fixed_count", dlm_samples=128,
+      cfg_scale=0.0,
+      # Evaluation during training: every `every` steps (0: never) and at epoch boundaries.
+      every=0, at_epochs=False))
+
+  # Generation (--mode=sample): AR decoding with a KV cache, DLM by iterative unmasking.
+  c.sample = ml_collections.ConfigDict(dict(
+      prompts=("def fibonacci(n):",), max_new_tokens=128, num_samples=1, temperature=0.0,
+      top_k=0, top_p=1.0, stop=(), seed=0,
+      steps=0,  # DLM: unmasking steps (0: one token per step)
+      block_length=0,  # DLM: semi-autoregressive block length (0: the whole answer is one block)
+      remasking="low_confidence"))  # DLM: or "random"
+
+  # Code benchmarks (--mode=code): pass@k over sandboxed executions.
+  c.code = ml_collections.ConfigDict(dict(
+      benchmark="humaneval", limit=0, num_samples=10, pass_at_k=(1, 10), timeout_s=10.0,
+      memory_mb=1024))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
   c.rules = tuple((k, v) for k, v in DEFAULT_RULES)
