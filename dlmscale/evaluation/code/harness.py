@@ -1,0 +1,115 @@
+"""pass@k on HumanEval / MBPP for any text generator, and the `--mode=code` command.
+
+evaluate_code asks the generator for num_samples completions per prompt (one call with every
+prompt: batching is the generator's business), cuts each at the benchmark's stop sequences, runs
+prompt + completion + tests in the sandbox and reports pass@k per k with per-problem results.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+from dlmscale.errors import ConfigError
+from dlmscale.evaluation.code import pass_at_k, problems as problems_lib, sandbox
+
+GenerateFn = Callable[[list[str], int], list[list[str]]]
+
+
+def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_samples: int = 1,
+                  ks: Sequence[int] = (1,), limit: int = 0, timeout_s: float = 10.0,
+                  memory_mb: int = 1024, workers: int | None = None,
+                  network: str = "auto") -> dict:
+  """pass@k of generate_fn(prompts, num_samples) -> completions (one list per prompt).
+
+  Returns {"pass@k", "pass@k_stderr" for each k, counts, settings, "problems": [{task_id,
+  num_correct, samples: [{completion (after the stop cut), status, detail}]}]}."""
+  ks = tuple(int(k) for k in ks)
+  check_settings(benchmark, num_samples, ks, timeout_s, memory_mb, network)
+  problems = problems_lib.load_problems(benchmark, limit)
+  start = time.monotonic()
+  completions = generate_fn([p.prompt for p in problems], num_samples)
+  _check_shape(completions, len(problems), num_samples)
+  generate_s = time.monotonic() - start
+  cut = [[problems_lib.truncate_completion(c, p.stop) for c in cs]
+         for p, cs in zip(problems, completions)]
+  programs = [p.program(c) for p, cs in zip(problems, cut) for c in cs]
+  results = sandbox.run_programs(programs, workers=workers, timeout_s=timeout_s,
+                                 memory_mb=memory_mb, network=network)
+  per_problem = []
+  for i, (p, cs) in enumerate(zip(problems, cut)):
+    mine = results[i * num_samples:(i + 1) * num_samples]
+    per_problem.append({
+        "task_id": p.task_id, "num_correct": sum(r.passed for r in mine),
+        "samples": [{"completion": c, "status": r.status, "detail": r.detail}
+                    for c, r in zip(cs, mine)]})
+  correct = [q["num_correct"] for q in per_problem]
+  return {
+      "benchmark": benchmark, "num_problems": len(problems), "num_samples": num_samples,
+      **pass_at_k.summarize([num_samples] * len(problems), correct, ks),
+      "statuses": dict(collections.Counter(r.status for r in results)),
+      "network_isolation": sorted({r.network for r in results if r.network}),
+      "timeout_s": timeout_s, "memory_mb": memory_mb,
+      "generate_seconds": generate_s, "execute_seconds": time.monotonic() - start - generate_s,
+      "problems": per_problem,
+  }
+
+
+def check_settings(benchmark: str, num_samples: int, ks: Sequence[int], timeout_s: float,
+                   memory_mb: int, network: str = "auto") -> None:
+  """ConfigError for settings evaluate_code would reject, before anything expensive runs."""
+  if benchmark not in problems_lib.STOPS:
+    raise ConfigError(f"unknown code benchmark {benchmark!r}: use one of "
+                      f"{list(problems_lib.STOPS)}")
+  if not (isinstance(num_samples, int) and num_samples >= 1):
+    raise ConfigError(f"code.num_samples must be an integer >= 1, got {num_samples!r}")
+  if not ks or max(ks) > num_samples or min(ks) < 1:
+    raise ConfigError(f"code.pass_at_k={tuple(ks)} needs 1 <= k <= code.num_samples="
+                      f"{num_samples}: raise num_samples or drop the larger k")
+  sandbox.check_limits(timeout_s, memory_mb, network)
+
+
+def _check_shape(completions, num_prompts: int, num_samples: int) -> None:
+  ok = (isinstance(completions, (list, tuple)) and len(completions) == num_prompts and
+        all(isinstance(cs, (list, tuple)) and len(cs) == num_samples and
+            all(isinstance(c, str) for c in cs) for cs in completions))
+  if not ok:
+    raise ConfigError(f"generate_fn must return, for each of the {num_prompts} prompts, a list "
+                      f"of {num_samples} completion strings")
+
+
+def code_command(cfg, workdir: str) -> list[dict]:
+  """For each objective: load its checkpoint, generate with cfg.sample's decoding settings, score
+  cfg.code's benchmark. Full per-problem results go to
+  <workdir>/<objective>/eval/code_<benchmark>_step<step>.json; the summaries are returned."""
+  from dlmscale import config as config_lib
+  from dlmscale.evaluation.loaded import load_model
+  from dlmscale.sampling import generate_text  # imported late: it pulls in the models
+  config_lib.validate(cfg)
+  code, s = cfg.code, cfg.sample
+  check_settings(code.benchmark, code.num_samples, tuple(code.pass_at_k), code.timeout_s,
+                 code.memory_mb)
+  stops = problems_lib.STOPS[code.benchmark]
+  summaries = []
+  for objective in config_lib.objective_names(cfg):
+    lm = load_model(cfg, workdir, objective)
+
+    def generate(prompts, num_samples, lm=lm):
+      return generate_text(lm, prompts, max_new_tokens=s.max_new_tokens, num_samples=num_samples,
+                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                           stop=tuple(s.stop) + stops, steps=s.steps,
+                           block_length=s.block_length, remasking=s.remasking, seed=s.seed)
+
+    report = evaluate_code(generate, code.benchmark, num_samples=code.num_samples,
+                           ks=tuple(code.pass_at_k), limit=code.limit, timeout_s=code.timeout_s,
+                           memory_mb=code.memory_mb)
+    report.update(objective=objective, kind=lm.kind, step=lm.step,
+                  temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+    path = os.path.join(workdir, objective, "eval", f"code_{code.benchmark}_step{lm.step}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+      json.dump(report, fh, indent=1)
+    summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
+  return summaries
