@@ -12,11 +12,13 @@ import sys
 import numpy as np
 import pytest
 
+from _shared import tiny_config
 from dlmscale.data.errors import DataError
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import (evaluate_code, humaneval_problems, load_problems,
                                       mbpp_problems, pass_at_k, run_program, run_programs,
                                       summarize, truncate_completion)
+from dlmscale.evaluation.code.harness import check_code_config, code_command
 from dlmscale.evaluation.code.problems import HUMANEVAL_STOPS, MBPP_STOPS
 
 
@@ -240,3 +242,17 @@ def test_evaluate_code_on_mbpp_and_bad_generators(mbpp):
   with pytest.raises(ConfigError, match="a list of 2 completion strings"):
     evaluate_code(lambda ps, n: [["only one"] for _ in ps], "mbpp", num_samples=2, ks=(1,),
                   limit=1)
+
+
+def test_code_config_checks_run_before_any_model_is_loaded(tmp_path):
+  # The default config samples greedily: ten identical samples would make pass@10 = pass@1.
+  with pytest.raises(ConfigError, match="samples would all be the same"):
+    code_command(tiny_config(), str(tmp_path))  # an empty workdir: loading would fail otherwise
+  cfg = tiny_config(**{"objectives": ("mdm",), "sample.remasking": "random"})
+  assert check_code_config(cfg) == (1, 10)  # random unmasking order gives distinct samples
+  cfg = tiny_config(**{"sample.temperature": 0.8, "code.pass_at_k": (1, 20)})
+  with pytest.raises(ConfigError, match=r"pass_at_k=\(1, 20\) needs 1 <= k <= code.num_samples"):
+    check_code_config(cfg)
+  with pytest.raises(ConfigError, match="unknown code benchmark"):
+    check_code_config(tiny_config(**{"code.benchmark": "apps", "code.num_samples": 1,
+                                     "code.pass_at_k": (1,)}))

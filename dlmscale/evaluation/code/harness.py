@@ -71,6 +71,14 @@ def check_settings(benchmark: str, num_samples: int, ks: Sequence[int], timeout_
   sandbox.check_limits(timeout_s, memory_mb, network)
 
 
+def parse_ks(value) -> tuple[int, ...]:
+  """code.pass_at_k (a sequence of ints, or one int) as a tuple of ints."""
+  try:
+    return tuple(int(k) for k in ((value,) if isinstance(value, int) else value))
+  except (TypeError, ValueError):
+    raise ConfigError(f"code.pass_at_k={value!r} is not a list of integers, e.g. (1, 10)") from None
+
+
 def _check_shape(completions, num_prompts: int, num_samples: int) -> None:
   ok = (isinstance(completions, (list, tuple)) and len(completions) == num_prompts and
         all(isinstance(cs, (list, tuple)) and len(cs) == num_samples and
@@ -86,11 +94,9 @@ def code_command(cfg, workdir: str) -> list[dict]:
   <workdir>/<objective>/eval/code_<benchmark>_step<step>.json; the summaries are returned."""
   from dlmscale import config as config_lib
   from dlmscale.evaluation.loaded import load_model
-  from dlmscale.sampling import generate_text  # imported late: it pulls in the models
-  config_lib.validate(cfg)
+  ks = check_code_config(cfg)
+  from dlmscale.sampling import generate_text  # after the checks: it pulls in the models
   code, s = cfg.code, cfg.sample
-  check_settings(code.benchmark, code.num_samples, tuple(code.pass_at_k), code.timeout_s,
-                 code.memory_mb)
   stops = problems_lib.STOPS[code.benchmark]
   summaries = []
   for objective in config_lib.objective_names(cfg):
@@ -102,14 +108,30 @@ def code_command(cfg, workdir: str) -> list[dict]:
                            stop=tuple(s.stop) + stops, steps=s.steps,
                            block_length=s.block_length, remasking=s.remasking, seed=s.seed)
 
-    report = evaluate_code(generate, code.benchmark, num_samples=code.num_samples,
-                           ks=tuple(code.pass_at_k), limit=code.limit, timeout_s=code.timeout_s,
-                           memory_mb=code.memory_mb)
-    report.update(objective=objective, kind=lm.kind, step=lm.step,
-                  temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+    report = evaluate_code(generate, code.benchmark, num_samples=code.num_samples, ks=ks,
+                           limit=code.limit, timeout_s=code.timeout_s, memory_mb=code.memory_mb)
+    report.update(objective=objective, kind=lm.kind, step=lm.step, temperature=s.temperature,
+                  max_new_tokens=s.max_new_tokens)
     path = os.path.join(workdir, objective, "eval", f"code_{code.benchmark}_step{lm.step}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
       json.dump(report, fh, indent=1)
     summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
   return summaries
+
+
+def check_code_config(cfg) -> tuple[int, ...]:
+  """ConfigError for a --mode=code config that cannot give a meaningful pass@k; returns the ks."""
+  from dlmscale import config as config_lib, objectives
+  config_lib.validate(cfg)
+  code, s = cfg.code, cfg.sample
+  ks = parse_ks(code.pass_at_k)
+  check_settings(code.benchmark, code.num_samples, ks, code.timeout_s, code.memory_mb)
+  for objective in config_lib.objective_names(cfg):
+    random_order = objectives.kind_of(objective) == "dlm" and s.remasking == "random"
+    if s.temperature == 0 and code.num_samples > 1 and not random_order:
+      raise ConfigError(f"code.num_samples={code.num_samples} with sample.temperature=0: "
+                        f"{objective}'s samples would all be the same; set sample.temperature > 0 "
+                        "(Codex: 0.2 for pass@1, 0.8 for pass@10+) or code.num_samples=1 and "
+                        "code.pass_at_k=(1,)")
+  return ks
