@@ -40,32 +40,53 @@ class RMSNorm(nnx.Module):
     return (x32 * inv_rms * self.scale[...]).astype(x.dtype)
 
 
-def rope(x_BxLxNxH, positions_L, base: float):
-  """Rotary position embedding (rotate-half form) applied to the last axis."""
+def rope(x_BxLxNxH, positions, base: float):
+  """Rotary position embedding (rotate-half form) applied to the last axis.
+
+  positions: [L] shared by every row, or [B, L] per row (left-padded rows of a KV cache)."""
   half = x_BxLxNxH.shape[-1] // 2
   freq_H2 = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_LxH2 = positions_L[:, None].astype(jnp.float32) * freq_H2[None, :]
-  sin, cos = jnp.sin(angle_LxH2)[None, :, None, :], jnp.cos(angle_LxH2)[None, :, None, :]
+  angle = positions[..., None].astype(jnp.float32) * freq_H2
+  angle_BxLxH2 = angle if angle.ndim == 3 else angle[None]
+  sin, cos = jnp.sin(angle_BxLxH2)[:, :, None, :], jnp.cos(angle_BxLxH2)[:, :, None, :]
   x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxNxH.dtype)
 
 
+def _scores(q_BxLxNxH, k_BxSxKxH):
+  """Scaled fp32 dot products [B, K, G, L, S]; K kv heads are shared by G = N/K q heads."""
+  b, l, n, h = q_BxLxNxH.shape
+  kh = k_BxSxKxH.shape[2]
+  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, kh, n // kh, h)
+  return jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH,
+                    preferred_element_type=jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+
+
+def _masked_softmax(scores_BxKxGxLxS, allowed):
+  """Softmax over keys where `allowed` (broadcast to the scores), as [B, N, L, S]."""
+  b, kh, g, l, s = scores_BxKxGxLxS.shape
+  scores = jnp.where(allowed, scores_BxKxGxLxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1).reshape(b, kh * g, l, s)
+
+
 def attention_weights(q_BxLxNxH, k_BxSxKxH, *, causal: bool, lengths_B=None):
   """Softmax attention probabilities [B, N, L, S] in fp32; K kv heads are shared by N/K q heads."""
-  b, l, n, h = q_BxLxNxH.shape
-  s, kh = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
-  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, kh, n // kh, h)
-  scores = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH,
-                      preferred_element_type=jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+  l, s = q_BxLxNxH.shape[1], k_BxSxKxH.shape[1]
+  scores = _scores(q_BxLxNxH, k_BxSxKxH)
   allowed_LxS = jnp.ones((l, s), bool)
   if causal:
     allowed_LxS = jnp.tril(allowed_LxS)
   allowed = allowed_LxS[None, None, None]
   if lengths_B is not None:
-    allowed = allowed & (jnp.arange(s)[None, None, None, None, :] < lengths_B[:, None, None, None, None])
-  scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(scores, axis=-1).reshape(b, n, l, s)
+    keys_S = jnp.arange(s)
+    allowed = allowed & (keys_S[None, None, None, None, :] < lengths_B[:, None, None, None, None])
+  return _masked_softmax(scores, allowed)
+
+
+def masked_attention_weights(q_BxLxNxH, k_BxSxKxH, allowed_BxLxS):
+  """attention_weights with an explicit per-row mask of the keys each query may see."""
+  return _masked_softmax(_scores(q_BxLxNxH, k_BxSxKxH), allowed_BxLxS[:, None, None])
 
 
 class Attention(nnx.Module):
@@ -84,22 +105,41 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, "kv", eps=cfg.norm_eps, param_dtype=pd)
       self.k_norm = RMSNorm(h, "kv", eps=cfg.norm_eps, param_dtype=pd)
 
-  def __call__(self, x_BxLxD, *, causal, lengths_B, dropout_rate, key):
+  def _project(self, x_BxLxD, positions):
+    """q [B, L, N, H], k and v [B, L, K, H] in x's dtype, q and k normed and rotated."""
     cfg, dt = self.cfg, x_BxLxD.dtype
     q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
     k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
     v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    positions_L = jnp.arange(x_BxLxD.shape[1])
-    q, k = rope(q, positions_L, cfg.rope_base), rope(k, positions_L, cfg.rope_base)
-    probs_BxNxLxS = attention_weights(q, k, causal=causal, lengths_B=lengths_B)
-    probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(dt)
-    b, l, n, h = q.shape
-    kh = k.shape[2]
+    return rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base), v
+
+  def _output(self, probs_BxNxLxS, v_BxSxKxH):
+    b, n, l, _ = probs_BxNxLxS.shape
+    kh, h = v_BxSxKxH.shape[2], v_BxSxKxH.shape[3]
     probs = probs_BxNxLxS.reshape(b, kh, n // kh, l, -1)
-    out_BxLxNxH = jnp.einsum("bkgls,bskh->blkgh", probs, v).reshape(b, l, n, h)
-    return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(dt))
+    out_BxLxNxH = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH).reshape(b, l, n, h)
+    return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(v_BxSxKxH.dtype))
+
+  def __call__(self, x_BxLxD, *, causal, lengths_B, dropout_rate, key):
+    q, k, v = self._project(x_BxLxD, jnp.arange(x_BxLxD.shape[1]))
+    probs_BxNxLxS = attention_weights(q, k, causal=causal, lengths_B=lengths_B)
+    probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(x_BxLxD.dtype)
+    return self._output(probs_BxNxLxS, v)
+
+  def extend(self, x_BxTxD, k_BxSxKxH, v_BxSxKxH, *, positions_BxT, index, allowed_BxTxS):
+    """Attends T new tokens through a KV cache (inference; no dropout).
+
+    Their keys and values are written at cache slots [index, index + T); `positions_BxT` are their
+    absolute (RoPE) positions and `allowed_BxTxS` the slots each may attend to (its own included).
+    Returns (y_BxTxD, k_BxSxKxH, v_BxSxKxH) with the updated cache."""
+    q, k, v = self._project(x_BxTxD, positions_BxT)
+    k_BxSxKxH = jax.lax.dynamic_update_slice(k_BxSxKxH, k.astype(k_BxSxKxH.dtype), (0, index, 0, 0))
+    v_BxSxKxH = jax.lax.dynamic_update_slice(v_BxSxKxH, v.astype(v_BxSxKxH.dtype), (0, index, 0, 0))
+    probs_BxNxTxS = masked_attention_weights(q, k_BxSxKxH, allowed_BxTxS)
+    y_BxTxD = self._output(probs_BxNxTxS.astype(x_BxTxD.dtype), v_BxSxKxH.astype(x_BxTxD.dtype))
+    return y_BxTxD, k_BxSxKxH, v_BxSxKxH
 
 
 class SwiGLU(nnx.Module):

@@ -5,10 +5,12 @@ Params are plain nested dicts of arrays, so optax, Orbax and other JAX codebases
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dlmscale.models.transformer import ModelConfig, Transformer
@@ -37,6 +39,37 @@ class Model:
     return module(tokens_BxL, causal=causal, lengths_B=lengths_B, dropout_rates=dropout_rates,
                   dropout_key=dropout_key)
 
+  def init_cache(self, batch_size: int, max_len: int, start_B=None) -> dict:
+    """An empty KV cache for `max_len` tokens per row: k and v [num_layers, B, max_len, K, H] in
+    the compute dtype, index (next slot to write, int32 scalar) and start_B (int32 [B]): row b is
+    left-padded, its real tokens start at slot start_B[b] (default 0) and slot s holds position
+    s - start_B[b], so rows of different prompt lengths share slots."""
+    c = self.cfg
+    shape = (c.num_layers, batch_size, max_len, c.num_kv_heads, c.head_dim)
+    start_B = jnp.zeros((batch_size,), jnp.int32) if start_B is None else start_B
+    return {"k": jnp.zeros(shape, c.dtype), "v": jnp.zeros(shape, c.dtype),
+            "index": jnp.zeros((), jnp.int32), "start_B": jnp.asarray(start_B, jnp.int32)}
+
+  def extend(self, params: dict, cache: dict, tokens_BxT):
+    """Causal forward of T new tokens through the KV cache: (logits_BxTxV fp32, new cache).
+
+    MoE layers always use dropless dispatch here (capacity dispatch groups a whole sequence, so a
+    token-by-token decode could not reproduce its drops)."""
+    graphdef = self.graphdef
+    if self.cfg.num_experts and self.cfg.moe_dispatch != "dropless":
+      graphdef = _dropless_graphdef(self.cfg)
+    return nnx.merge(graphdef, params).extend(tokens_BxT, cache)
+
+  def prefill(self, params: dict, tokens_BxP, *, max_len: int, start_B=None):
+    """Runs a (left-padded, see init_cache) prompt into a fresh cache of `max_len` slots."""
+    cache = self.init_cache(tokens_BxP.shape[0], max_len, start_B)
+    return self.extend(params, cache, tokens_BxP)
+
+  def decode_step(self, params: dict, cache: dict, tokens_B):
+    """One token per row at slot cache['index']: (next-token logits_BxV fp32, new cache)."""
+    logits_Bx1xV, cache = self.extend(params, cache, tokens_B[:, None])
+    return logits_Bx1xV[:, 0], cache
+
   def param_counts(self) -> dict[str, int]:
     """Total parameters and non-embedding parameters (embedding and untied head excluded).
 
@@ -57,6 +90,12 @@ class Model:
       active_expert = expert // self.cfg.num_experts * self.cfg.experts_per_token
       counts.update(expert=expert, active=total - expert + active_expert)
     return counts
+
+
+@functools.lru_cache(maxsize=16)
+def _dropless_graphdef(cfg: ModelConfig):
+  """The graph of `cfg`'s network with dropless MoE dispatch (same parameters)."""
+  return build_model(dataclasses.replace(cfg, moe_dispatch="dropless")).graphdef
 
 
 def build_model(cfg: ModelConfig) -> Model:

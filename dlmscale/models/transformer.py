@@ -131,6 +131,16 @@ class Block(nnx.Module):
       h, aux = h
     return x_BxLxD + dropout(h, rates["residual"], k_res2), aux
 
+  def extend(self, x_BxTxD, kv, **attend):
+    """Inference through a KV cache; kv = (k_BxSxKxH, v_BxSxKxH), attend: Attention.extend's
+    positions_BxT, index, allowed_BxTxS. Returns (x_BxTxD, updated kv)."""
+    h, k, v = self.attn.extend(self.attn_norm(x_BxTxD), *kv, **attend)
+    x_BxTxD = x_BxTxD + h
+    h = self.mlp(self.mlp_norm(x_BxTxD))
+    if self.moe:
+      h, _ = h
+    return x_BxTxD + h, (k, v)
+
 
 class Period(nnx.Module):
   """moe_every consecutive blocks, the last one MoE: the scan body of an interleaved model."""
@@ -145,6 +155,15 @@ class Period(nnx.Module):
     for layer, k in zip(self.layers, keys):
       x_BxLxD, aux = layer(x_BxLxD, causal=causal, lengths_B=lengths_B, rates=rates, key=k)
     return x_BxLxD, aux
+
+  def extend(self, x_BxTxD, kv, **attend):
+    """Block.extend over the period; kv arrays have a leading [moe_every] layer axis."""
+    ks, vs = [], []
+    for i, layer in enumerate(self.layers):
+      x_BxTxD, (k, v) = layer.extend(x_BxTxD, (kv[0][i], kv[1][i]), **attend)
+      ks.append(k)
+      vs.append(v)
+    return x_BxTxD, (jnp.stack(ks), jnp.stack(vs))
 
 
 def scan_length(cfg: ModelConfig) -> int:
@@ -236,3 +255,42 @@ class Transformer(nnx.Module):
            for name in MOE_METRICS + ("expert_load",)}
     aux["aux_loss"] = sum(a["aux_loss"] for a in moe_aux)
     return logits_BxLxV, aux
+
+  def extend(self, tokens_BxT, cache: dict):
+    """Runs T new tokens through the KV cache (see Model.init_cache for its layout); returns
+    (logits_BxTxV fp32, cache with their keys and values written and index advanced by T)."""
+    cfg = self.cfg
+    t = tokens_BxT.shape[1]
+    k_NxBxSxKxH, v_NxBxSxKxH, index, start_B = (cache[n] for n in ("k", "v", "index", "start_B"))
+    slots_T = index + jnp.arange(t)
+    keys_S = jnp.arange(k_NxBxSxKxH.shape[2])
+    # Left-padded rows: slot s of row b holds position s - start_B[b]; slots before start are pad.
+    allowed_BxTxS = ((keys_S[None, None, :] >= start_B[:, None, None])
+                     & (keys_S[None, None, :] <= slots_T[None, :, None]))
+    attend = dict(positions_BxT=slots_T[None, :] - start_B[:, None], index=index,
+                  allowed_BxTxS=allowed_BxTxS)
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.dtype)
+    if cfg.scan_layers:
+      n = scan_length(cfg)
+      per_step = cfg.num_layers // n  # layers per scan step: 1, or a period of moe_every
+      graphdef, stacked = nnx.split(self.blocks)
+      kv = tuple(c.reshape(n, per_step, *c.shape[1:]) if per_step > 1 else c
+                 for c in (k_NxBxSxKxH, v_NxBxSxKxH))
+
+      def body(x, layer):
+        layer_state, layer_kv = layer
+        return nnx.merge(graphdef, layer_state).extend(x, layer_kv, **attend)
+
+      x_BxTxD, kv = jax.lax.scan(body, x_BxTxD, (stacked, kv), length=n)
+      k_NxBxSxKxH, v_NxBxSxKxH = (c.reshape(cfg.num_layers, *c.shape[-4:]) for c in kv)
+    else:
+      kvs = []
+      for i, block in enumerate(self.blocks):
+        x_BxTxD, layer_kv = block.extend(x_BxTxD, (k_NxBxSxKxH[i], v_NxBxSxKxH[i]), **attend)
+        kvs.append(layer_kv)
+      k_NxBxSxKxH, v_NxBxSxKxH = (jnp.stack(c) for c in zip(*kvs))
+    x_BxTxD = self.final_norm(x_BxTxD)
+    w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
+    logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    return logits_BxTxV, dict(cache, k=k_NxBxSxKxH, v=v_NxBxSxKxH, index=index + t)
