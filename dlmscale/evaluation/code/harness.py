@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import numbers
 import os
 import time
 from typing import Callable, Sequence
@@ -26,8 +27,8 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
 
   Returns {"pass@k", "pass@k_stderr" for each k, counts, settings, "problems": [{task_id,
   num_correct, samples: [{completion (after the stop cut), status, detail}]}]}."""
-  ks = tuple(int(k) for k in ks)
-  check_settings(benchmark, num_samples, ks, timeout_s, memory_mb, network)
+  ks = parse_ks(ks)
+  check_settings(benchmark, num_samples, ks, timeout_s, memory_mb, network, limit)
   problems = problems_lib.load_problems(benchmark, limit)
   start = time.monotonic()
   completions = generate_fn([p.prompt for p in problems], num_samples)
@@ -58,23 +59,25 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
 
 
 def check_settings(benchmark: str, num_samples: int, ks: Sequence[int], timeout_s: float,
-                   memory_mb: int, network: str = "auto") -> None:
+                   memory_mb: int, network: str = "auto", limit: int = 0) -> None:
   """ConfigError for settings evaluate_code would reject, before anything expensive runs."""
   if benchmark not in problems_lib.STOPS:
     raise ConfigError(f"unknown code benchmark {benchmark!r}: use one of "
                       f"{list(problems_lib.STOPS)}")
-  if not (isinstance(num_samples, int) and num_samples >= 1):
+  if not (isinstance(num_samples, numbers.Integral) and num_samples >= 1):
     raise ConfigError(f"code.num_samples must be an integer >= 1, got {num_samples!r}")
   if not ks or max(ks) > num_samples or min(ks) < 1:
     raise ConfigError(f"code.pass_at_k={tuple(ks)} needs 1 <= k <= code.num_samples="
                       f"{num_samples}: raise num_samples or drop the larger k")
+  if not (isinstance(limit, numbers.Integral) and limit >= 0):
+    raise ConfigError(f"code.limit must be an integer >= 0 (0: every problem), got {limit!r}")
   sandbox.check_limits(timeout_s, memory_mb, network)
 
 
 def parse_ks(value) -> tuple[int, ...]:
   """code.pass_at_k (a sequence of ints, or one int) as a tuple of ints."""
   try:
-    return tuple(int(k) for k in ((value,) if isinstance(value, int) else value))
+    return tuple(int(k) for k in ((value,) if isinstance(value, numbers.Integral) else value))
   except (TypeError, ValueError):
     raise ConfigError(f"code.pass_at_k={value!r} is not a list of integers, e.g. (1, 10)") from None
 
@@ -126,7 +129,8 @@ def check_code_config(cfg) -> tuple[int, ...]:
   config_lib.validate(cfg)
   code, s = cfg.code, cfg.sample
   ks = parse_ks(code.pass_at_k)
-  check_settings(code.benchmark, code.num_samples, ks, code.timeout_s, code.memory_mb)
+  check_settings(code.benchmark, code.num_samples, ks, code.timeout_s, code.memory_mb,
+                 limit=code.limit)
   for objective in config_lib.objective_names(cfg):
     random_order = objectives.kind_of(objective) == "dlm" and s.remasking == "random"
     if s.temperature == 0 and code.num_samples > 1 and not random_order:

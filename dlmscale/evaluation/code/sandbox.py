@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shutil
 import signal
@@ -57,9 +58,9 @@ class ExecResult:
 
 
 def check_limits(timeout_s: float, memory_mb: int, network: str = "auto") -> None:
-  if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+  if not (isinstance(timeout_s, numbers.Real) and 0 < timeout_s < math.inf):
     raise ConfigError(f"code.timeout_s must be a positive number of seconds, got {timeout_s!r}")
-  if not (isinstance(memory_mb, int) and memory_mb >= 64):
+  if not (isinstance(memory_mb, numbers.Integral) and memory_mb >= 64):
     raise ConfigError(f"code.memory_mb must be an integer >= 64 (the interpreter alone needs "
                       f"tens of MB), got {memory_mb!r}")
   if network not in NETWORK_MODES:
@@ -89,7 +90,7 @@ def _run_in(root, program, timeout_s, memory_mb, network, max_output_chars, star
   with open(program_path, "w", encoding="utf-8") as fh:
     fh.write(program)
   argv = [sys.executable, "-I", _CHILD, program_path, result_path, str(timeout_s),
-          str(memory_mb), str(FILE_LIMIT_MB), network]
+          str(int(memory_mb)), str(FILE_LIMIT_MB), network]
   env = {"PATH": os.defpath, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
          "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
          # One BLAS thread: a thread pool's reserved stacks would eat the address-space limit.
