@@ -218,7 +218,7 @@ def test_evaluate_code_gives_the_exact_pass_at_k(humaneval):
     return [[a, a],
             [b + "\nprint(undefined)\n", b],  # the tail after the stop sequence is cut
             [c, "    return 0\n"],
-            ["    syntax error(\n", "    return None\n"]]
+            [None, None]]  # not generated (e.g. too long for the model): wrong, not run
 
   out = evaluate_code(generate, "humaneval", num_samples=2, ks=(1, 2), limit=4, timeout_s=10.0,
                       memory_mb=512, workers=4)
@@ -227,7 +227,8 @@ def test_evaluate_code_gives_the_exact_pass_at_k(humaneval):
   assert out["pass@2"] == pytest.approx((1 + 1 + 1 + 0) / 4)
   assert [q["num_correct"] for q in out["problems"]] == [2, 2, 1, 0]
   assert out["problems"][1]["samples"][0]["completion"] == ref[prompts_seen[1]]
-  assert out["statuses"] == {"passed": 5, "failed": 3}
+  assert out["statuses"] == {"passed": 5, "failed": 1, "skipped": 2}
+  assert out["problems_skipped"] == 1 and out["num_problems"] == 4
 
 
 def test_evaluate_code_on_mbpp_and_bad_generators(mbpp):

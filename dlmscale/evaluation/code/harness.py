@@ -3,6 +3,9 @@
 evaluate_code asks the generator for num_samples completions per prompt (one call with every
 prompt: batching is the generator's business), cuts each at the benchmark's stop sequences, runs
 prompt + completion + tests in the sandbox and reports pass@k per k with per-problem results.
+A generator may answer None for a prompt it cannot take (code_command: the prompt does not fit
+the model's window); those samples are 'skipped', not run, and count as wrong, so pass@k keeps
+the whole benchmark as its denominator.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from typing import Callable, Sequence
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import pass_at_k, problems as problems_lib, sandbox
 
-GenerateFn = Callable[[list[str], int], list[list[str]]]
+GenerateFn = Callable[[list[str], int], list[list[str | None]]]
+SKIPPED = sandbox.ExecResult("skipped", "not generated: the prompt does not fit the model", "",
+                             0.0, "")
 
 
 def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_samples: int = 1,
@@ -34,11 +39,12 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
   completions = generate_fn([p.prompt for p in problems], num_samples)
   _check_shape(completions, len(problems), num_samples)
   generate_s = time.monotonic() - start
-  cut = [[problems_lib.truncate_completion(c, p.stop) for c in cs]
+  cut = [[None if c is None else problems_lib.truncate_completion(c, p.stop) for c in cs]
          for p, cs in zip(problems, completions)]
-  programs = [p.program(c) for p, cs in zip(problems, cut) for c in cs]
-  results = sandbox.run_programs(programs, workers=workers, timeout_s=timeout_s,
-                                 memory_mb=memory_mb, network=network)
+  programs = [p.program(c) for p, cs in zip(problems, cut) for c in cs if c is not None]
+  ran = iter(sandbox.run_programs(programs, workers=workers, timeout_s=timeout_s,
+                                  memory_mb=memory_mb, network=network))
+  results = [SKIPPED if c is None else next(ran) for cs in cut for c in cs]
   per_problem = []
   for i, (p, cs) in enumerate(zip(problems, cut)):
     mine = results[i * num_samples:(i + 1) * num_samples]
@@ -51,6 +57,7 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
       "benchmark": benchmark, "num_problems": len(problems), "num_samples": num_samples,
       **pass_at_k.summarize([num_samples] * len(problems), correct, ks),
       "statuses": dict(collections.Counter(r.status for r in results)),
+      "problems_skipped": sum(all(c is None for c in cs) for cs in cut),
       "network_isolation": sorted({r.network for r in results if r.network}),
       "timeout_s": timeout_s, "memory_mb": memory_mb,
       "generate_seconds": generate_s, "execute_seconds": time.monotonic() - start - generate_s,
@@ -85,10 +92,10 @@ def parse_ks(value) -> tuple[int, ...]:
 def _check_shape(completions, num_prompts: int, num_samples: int) -> None:
   ok = (isinstance(completions, (list, tuple)) and len(completions) == num_prompts and
         all(isinstance(cs, (list, tuple)) and len(cs) == num_samples and
-            all(isinstance(c, str) for c in cs) for cs in completions))
+            all(c is None or isinstance(c, str) for c in cs) for cs in completions))
   if not ok:
     raise ConfigError(f"generate_fn must return, for each of the {num_prompts} prompts, a list "
-                      f"of {num_samples} completion strings")
+                      f"of {num_samples} completion strings (None: prompt skipped)")
 
 
 def code_command(cfg, workdir: str) -> list[dict]:
@@ -106,10 +113,17 @@ def code_command(cfg, workdir: str) -> list[dict]:
     lm = load_model(cfg, workdir, objective)
 
     def generate(prompts, num_samples, lm=lm):
-      return generate_text(lm, prompts, max_new_tokens=s.max_new_tokens, num_samples=num_samples,
-                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                           stop=tuple(s.stop) + stops, steps=s.steps,
-                           block_length=s.block_length, remasking=s.remasking, seed=s.seed)
+      fits = [prompt_fits(lm, p, s.max_new_tokens) for p in prompts]
+      if not any(fits):
+        raise ConfigError(f"no {code.benchmark} prompt fits seq_len={lm.seq_len} with "
+                          f"sample.max_new_tokens={s.max_new_tokens}: train with a longer "
+                          "data.seq_len or lower max_new_tokens")
+      done = iter(generate_text(
+          lm, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
+          num_samples=num_samples, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+          stop=tuple(s.stop) + stops, steps=s.steps, block_length=s.block_length,
+          remasking=s.remasking, seed=s.seed, batch_size=cfg.eval.batch_size))
+      return [next(done) if f else [None] * num_samples for f in fits]
 
     report = evaluate_code(generate, code.benchmark, num_samples=code.num_samples, ks=ks,
                            limit=code.limit, timeout_s=code.timeout_s, memory_mb=code.memory_mb)
@@ -121,6 +135,12 @@ def code_command(cfg, workdir: str) -> list[dict]:
       json.dump(report, fh, indent=1)
     summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
   return summaries
+
+
+def prompt_fits(lm, prompt: str, max_new_tokens: int) -> bool:
+  """Whether generate_text can take the prompt: a leading eod + its ids + the answer fit the
+  window the model was trained on (lm.seq_len)."""
+  return 1 + len(lm.tokenizer.encode(prompt)) + max_new_tokens <= lm.seq_len
 
 
 def check_code_config(cfg) -> tuple[int, ...]:
