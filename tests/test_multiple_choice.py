@@ -91,6 +91,16 @@ def test_padding_options_never_win_or_count_as_wrong_options():
   assert [len(e["loglikelihoods"]) for e in m["examples"]] == [2, 4]
 
 
+def test_groups_get_their_own_accuracy_and_the_task_pools_them():
+  examples = [choice_example("a", ["x", "y"], gold=0, group="math"),
+              choice_example("b", ["x", "y"], gold=1, group="law"),
+              choice_example("c", ["x", "y"], gold=0, group="math")]
+  m = mc.score_task(TableScorer({" x": -1.0, " y": -2.0}), _task(examples))
+  assert m["acc"] == pytest.approx(2 / 3)
+  assert m["groups"] == {"law": {"acc": 0.0, "acc_norm": 0.0, "num_examples": 1},
+                         "math": {"acc": 1.0, "acc_norm": 1.0, "num_examples": 2}}
+
+
 def test_shared_continuation_options_score_each_context():
   ex = Example(contexts=("the cat", "the dog"), continuations=(" sat.",), gold=1,
                choice_lengths=(4, 4))
@@ -158,3 +168,4 @@ def test_format_table_shows_mean_and_stderr_per_metric():
   assert lines[2] == ("| piqa | 8 | 0 | 0.5000 +- 0.1000 | 0.6250 +- 0.1250 | 3.0000 +- 0.5000 | "
                       "0.2500 +- 0.0500 | 0.1250 +- 0.0625 | - |")
   assert lines[3] == "| lambada | 4 | 1 | 0.2500 +- 0.2000 | - | - | - | - | 12.0000 +- 1.5000 |"
+

@@ -89,7 +89,8 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
   """Scores the first `limit` examples (all when 0) with `num_fewshot` demos each.
 
   Returns the task's metrics (floats) plus 'examples': per example its gold index and every
-  option's log-likelihood (with the scorer's Monte Carlo stderr and greedy flag)."""
+  option's log-likelihood (with the scorer's Monte Carlo stderr and greedy flag), and for a task
+  of several groups (MMLU's subjects) 'groups': acc, acc_norm and count per group."""
   if num_fewshot < 0 or limit < 0:
     raise ConfigError(f"num_fewshot={num_fewshot}, limit={limit}: both must be >= 0")
   count = min(limit, len(task.examples)) if limit else len(task.examples)
@@ -104,7 +105,14 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
   if task.output == "loglikelihood":
     metrics = loglikelihood_scores(lls[:, 0], greedy[:, 0])
   else:
-    metrics = summarize(choice_scores(lls, gold, lengths, valid))
+    per_example = choice_scores(lls, gold, lengths, valid)
+    metrics = summarize(per_example)
+    groups = np.array([e.group for e in examples])
+    if len(set(groups)) > 1:  # MMLU: per subject too; the task's figures pool all questions
+      metrics["groups"] = {str(g): {"acc": float(per_example["acc"][groups == g].mean()),
+                                    "acc_norm": float(per_example["acc_norm"][groups == g].mean()),
+                                    "num_examples": int((groups == g).sum())}
+                           for g in sorted(set(groups))}
   metrics.update(num_examples=count, num_fewshot=num_fewshot)
   metrics["examples"] = [
       {"gold": int(gold[i]), "loglikelihoods": lls[i, :e.num_options].tolist(),
