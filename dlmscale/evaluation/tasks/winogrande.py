@@ -4,7 +4,7 @@ Each option fills the blank and ends its context there; both options score the s
 continuation, the rest of the sentence, so the comparison is over identical tokens. acc_norm
 therefore equals acc (every option divides by the same length)."""
 from dlmscale.evaluation.tasks import files
-from dlmscale.evaluation.tasks.base import Example, Task
+from dlmscale.evaluation.tasks.base import Example, Task, load_split_task
 
 DEFAULT = "hf_datasets/winogrande/winogrande_xl/validation"
 ANSWERS = {"1": 0, "2": 1}
@@ -26,5 +26,5 @@ def example(doc: dict) -> Example:
 
 
 def load(path: str | None = None) -> Task:
-  rows = files.read_rows(path or files.packaged(DEFAULT))
-  return Task("winogrande", "multiple_choice", tuple(files.convert(rows, example)))
+  return load_split_task("winogrande", "multiple_choice", example, path or files.packaged(DEFAULT),
+                         split="validation")
