@@ -1,9 +1,9 @@
 """Reading benchmark rows from their released formats, local or cloud (etils.epath).
 
 Formats: Hugging Face `save_to_disk` directories (one split: `data-*.arrow`; a DatasetDict:
-`dataset_dict.json` with one sub-directory per split, whose train split gives few-shot demos), single `.arrow` files (IPC stream or file),
-and JSON lines (`.jsonl`, `.jsonl.gz`). Rows of oe-eval request files (`{"doc": {...},
-"native_id": ...}`) are unwrapped to their `doc`, one per native_id.
+`dataset_dict.json` with one sub-directory per split, whose train split gives few-shot demos),
+single `.arrow` files (IPC stream or file), and JSON lines (`.jsonl`, `.jsonl.gz`). Rows of oe-eval
+request files (`{"doc": {...}, "native_id": ...}`) are unwrapped to their `doc`, one per native_id.
 
 Every row carries `where` ("file: line 3" / "file: row 3"), so a malformed row is reported by
 `RowError`, re-raised as a one-line `DataError` naming file, row and field.
