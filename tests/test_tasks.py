@@ -290,3 +290,18 @@ def test_oe_eval_requests_are_deduplicated_by_native_id(tmp_path):
   lines = gzip.decompress(open(data("lambada.jsonl.gz"), "rb").read()).decode().splitlines()
   path = _write_jsonl(tmp_path / "requests.jsonl", [lines[0], lines[1], lines[0]])
   assert len(files.read_rows(path)) == 2
+
+
+def test_mmlu_from_one_file_of_rows_naming_their_subject(tmp_path):
+  rows = [r.doc for s in ("anatomy", "abstract_algebra")
+          for r in files.read_rows(data(f"mmlu/{s}/test"))]
+  path = _write_jsonl(tmp_path / "mmlu.jsonl", [json.dumps(r) for r in rows])
+  task = tasks.load_task("mmlu_anatomy", path)
+  assert task.examples == tasks.load_task("mmlu_anatomy", data("mmlu")).examples
+  demos = task.demos(0, 2, seed=0)  # no dev split: the subject's other test questions
+  assert set(demos) == set(task.examples[1:])
+
+  rows[0]["choices"] = rows[0]["choices"][:3]
+  path = _write_jsonl(tmp_path / "bad.jsonl", [json.dumps(r) for r in rows])
+  with pytest.raises(DataError, match="bad.jsonl: line 1: field 'choices' has 3 options"):
+    tasks.load_task("mmlu_anatomy", path)
