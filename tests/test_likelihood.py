@@ -13,6 +13,7 @@ from dlmscale.evaluation import likelihood
 from tests._shared import random_params
 
 V, MASK = 5, 4  # tokens 0..3, mask id 4
+_JITTED = {}  # jitted functions shared by the tests (compiling dominates their time)
 # Two requests, continuation length 3 each, right-padded to 8: [context | continuation | pad].
 TOKENS = np.array([[1, 2, 0, 3, 1, 0, 0, 0],
                    [2, 2, 1, 3, 0, 0, 0, 0]], np.int32)
@@ -28,16 +29,23 @@ def model_and_params():
   return model, random_params(model, seed=1, std=0.5)
 
 
+def _logits(model, params, row, causal: bool):
+  """Reference forward pass of one unpadded row: logits [L, V] (jitted: eager flax is slow)."""
+  key = ("forward", id(model), causal)
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(lambda p, x: model.apply(p, x[None], causal=causal)[0][0])
+  return _JITTED[key](params, jnp.asarray(row, jnp.int32))
+
+
 def _bidirectional_logp(model, params, row, masked_positions, cfg_scale=0.0, cont_start=None):
   """Reference: log p(row[i]) at every position of one unpadded row with some positions masked."""
   x = np.array(row)
   x[list(masked_positions)] = MASK
-  logits = model.apply(params, jnp.asarray(x)[None], causal=False)[0][0]
+  logits = _logits(model, params, x, causal=False)
   if cfg_scale:
     u = x.copy()
     u[:cont_start] = MASK
-    uncond = model.apply(params, jnp.asarray(u)[None], causal=False)[0][0]
-    logits = (1 + cfg_scale) * logits - cfg_scale * uncond
+    logits = (1 + cfg_scale) * logits - cfg_scale * _logits(model, params, u, causal=False)
   return np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.array(row)[:, None], 1)[:, 0]
 
 
@@ -57,9 +65,6 @@ def _chain_reference(model, params, b, cfg_scale=0.0):
   row, c, n = TOKENS[b, :LENGTHS[b]], CONT_START[b], LENGTHS[b]
   return sum(_bidirectional_logp(model, params, row, range(i, n), cfg_scale, c)[i]
              for i in range(c, n))
-
-
-_JITTED = {}
 
 
 def _score(model, params, estimator, num_samples=1, samples_per_pass=1, tokens=TOKENS,
@@ -117,8 +122,9 @@ def test_single_token_continuation_is_exact_with_one_pass(model_and_params, esti
 def test_fixed_count_strata_are_exact_when_the_length_divides_the_samples():
   cont_BxL = likelihood.continuation_mask(jnp.asarray(CONT_START), jnp.asarray(LENGTHS), 8)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(2))
-  masked, scored, weight = likelihood.sample_masks(
-      "fixed_count", keys, jnp.arange(12), cont_BxL, jnp.asarray(CONT_START), num_samples=12, eps=1e-3)
+  masked, scored, weight = jax.jit(lambda k, d, c, s: likelihood.sample_masks(
+      "fixed_count", k, d, c, s, num_samples=12, eps=1e-3))(
+          keys, jnp.arange(12), cont_BxL, jnp.asarray(CONT_START))
   counts_BxG = np.asarray(masked.sum(-1))
   for b in range(2):  # L = 3: each count 1, 2, 3 exactly 12 / 3 times; weight L / l
     assert sorted(counts_BxG[b]) == [1] * 4 + [2] * 4 + [3] * 4
@@ -133,8 +139,9 @@ def test_iid_mask_rates_are_stratified_over_the_samples():
   s = 16
   cont_BxL = likelihood.continuation_mask(jnp.asarray(CONT_START), jnp.asarray(LENGTHS), 8)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(2))
-  _, _, weight_BxG = likelihood.sample_masks("iid", keys, jnp.arange(s), cont_BxL,
-                                             jnp.asarray(CONT_START), num_samples=s, eps=1e-3)
+  _, _, weight_BxG = jax.jit(lambda k, d, c, st: likelihood.sample_masks(
+      "iid", k, d, c, st, num_samples=s, eps=1e-3))(keys, jnp.arange(s), cont_BxL,
+                                                     jnp.asarray(CONT_START))
   t_BxG = 1 / np.asarray(weight_BxG)
   # One t in each stratum [k/S, (k+1)/S) (the first clipped at eps at worst).
   np.testing.assert_array_equal(np.floor(t_BxG * s), np.tile(np.arange(s), (2, 1)))
@@ -172,7 +179,7 @@ def test_greedy_means_the_fully_masked_argmax_is_the_continuation(model_and_para
     full = np.arange(CONT_START[b], LENGTHS[b])
     x = tokens[b, :LENGTHS[b]].copy()
     x[full] = MASK
-    logits = model.apply(params, jnp.asarray(x)[None], causal=False)[0][0]
+    logits = _logits(model, params, x, causal=False)
     tokens[b, full] = np.asarray(jnp.argmax(logits, -1))[full]
   tokens[1, CONT_START[1]] = (tokens[1, CONT_START[1]] + 1) % MASK  # break row 1
   out = _score(model, params, "chain", tokens=tokens)
@@ -185,7 +192,7 @@ def test_ar_loglikelihood_is_the_log_softmax_sum_of_an_unpadded_forward(model_an
       params, jnp.asarray(TOKENS), jnp.asarray(CONT_START), jnp.asarray(LENGTHS))
   for b in range(2):
     row = TOKENS[b, :LENGTHS[b]]
-    logits = model.apply(params, jnp.asarray(row)[None], causal=True)[0][0]
+    logits = _logits(model, params, row, causal=True)
     logp = np.asarray(jax.nn.log_softmax(logits))
     expected = sum(logp[j - 1, row[j]] for j in range(CONT_START[b], LENGTHS[b]))
     assert float(logprob[b]) == pytest.approx(expected, rel=1e-5)
@@ -195,13 +202,12 @@ def test_ar_loglikelihood_is_the_log_softmax_sum_of_an_unpadded_forward(model_an
 
 def test_ar_greedy_is_true_for_a_greedy_decoded_continuation(model_and_params):
   model, params = model_and_params
-  row = [1, 2]
-  for _ in range(3):
-    logits = model.apply(params, jnp.asarray(row)[None], causal=True)[0][0]
-    row.append(int(jnp.argmax(logits[-1])))
+  row = [1, 2, 0, 0, 0]
+  for j in range(2, 5):  # causal: the padding after position j - 1 does not change its logits
+    row[j] = int(jnp.argmax(_logits(model, params, row, causal=True)[j - 1]))
   tokens = jnp.asarray([row + [0, 0], row[:4] + [(row[4] + 1) % MASK, 0, 0]])
-  _, greedy = likelihood.ar_loglikelihood(model, params, tokens, jnp.array([2, 2]),
-                                          jnp.array([5, 5]))
+  _, greedy = jax.jit(lambda p, *a: likelihood.ar_loglikelihood(model, p, *a))(
+      params, tokens, jnp.array([2, 2]), jnp.array([5, 5]))
   assert greedy.tolist() == [True, False]
 
 
