@@ -1,6 +1,7 @@
 """Code benchmarks: problem sets, the subprocess sandbox, pass@k and the harness."""
 import gzip
 import itertools
+import jax
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from _shared import tiny_config
+from dlmscale import train
+from dlmscale.checkpoint import Checkpointer
 from dlmscale.data.errors import DataError
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import (evaluate_code, humaneval_problems, load_problems,
@@ -257,3 +260,37 @@ def test_code_config_checks_run_before_any_model_is_loaded(tmp_path):
   with pytest.raises(ConfigError, match="unknown code benchmark"):
     check_code_config(tiny_config(**{"code.benchmark": "apps", "code.num_samples": 1,
                                      "code.pass_at_k": (1,)}))
+
+
+def test_code_command_scores_each_checkpoint_and_skips_prompts_too_long(tmp_path):
+  """code_command generates from the saved checkpoint as generate_text does from the same
+  parameters, skips the prompts that do not fit the window, and writes the full results."""
+  from dlmscale import runner  # noqa: PLC0415  (heavy: prepares the corpus)
+  from dlmscale.evaluation.loaded import from_experiment  # noqa: PLC0415
+  from dlmscale.sampling import generate_text  # noqa: PLC0415
+  # seq_len 160 holds MBPP/11 (146 bytes) and MBPP/14 (108) with 8 new tokens, not 12 or 13.
+  cfg = tiny_config(**{"objectives": ("mdm",), "data.seq_len": 160, "data.total_tokens": 8192,
+                       "sample.max_new_tokens": 8, "sample.steps": 4, "sample.temperature": 0.8,
+                       "sample.seed": 3, "code.benchmark": "mbpp", "code.limit": 4,
+                       "code.num_samples": 2, "code.pass_at_k": (1, 2)})
+  exp = runner.build_experiment(cfg, "mdm")
+  state = jax.jit(lambda: train.init_state(exp.model, exp.optimizer, 1),
+                  out_shardings=exp.shardings)()
+  checkpointer = Checkpointer(os.path.join(tmp_path, "mdm", "checkpoints"), keep=1,
+                              async_save=False)
+  checkpointer.save(0, state, {})
+  checkpointer.close()
+  problems = load_problems("mbpp", limit=4)
+  expected = generate_text(from_experiment(exp, state["params"]),
+                           [problems[0].prompt, problems[3].prompt], max_new_tokens=8,
+                           num_samples=2, temperature=0.8, steps=4, stop=MBPP_STOPS, seed=3,
+                           batch_size=cfg.eval.batch_size)
+  [summary] = code_command(cfg, str(tmp_path))
+  assert (summary["objective"], summary["kind"], summary["step"]) == ("mdm", "dlm", 0)
+  assert summary["problems_skipped"] == 2 and summary["statuses"].get("skipped") == 4
+  with open(summary["results"]) as fh:
+    report = json.load(fh)
+  assert summary["results"] == os.path.join(tmp_path, "mdm", "eval", "code_mbpp_step0.json")
+  completions = [[smp["completion"] for smp in q["samples"]] for q in report["problems"]]
+  assert completions == [expected[0], [None, None], [None, None], expected[1]]
+  assert summary["pass@1"] == sum(q["num_correct"] for q in report["problems"]) / 8
