@@ -74,6 +74,7 @@ def humaneval_problems(path: str | None = None) -> list[CodeProblem]:
 
 
 def mbpp_prompt(text: str, first_test: str) -> str:
+  """The zero-shot MBPP prompt: the task and one example assert in a docstring."""
   return f'"""\n{text}\n{first_test}\n"""\n'
 
 
