@@ -12,6 +12,8 @@ from dlmscale.evaluation import multiple_choice as mc
 from dlmscale.evaluation import tasks
 from dlmscale.evaluation.tasks.base import Example, Task, choice_example
 
+from _shared import tiny_config
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tasks")
 
 
@@ -169,3 +171,56 @@ def test_format_table_shows_mean_and_stderr_per_metric():
                       "0.2500 +- 0.0500 | 0.1250 +- 0.0625 | - |")
   assert lines[3] == "| lambada | 4 | 1 | 0.2500 +- 0.2000 | - | - | - | - | 12.0000 +- 1.5000 |"
 
+
+
+@pytest.fixture(scope="module")
+def trained_ar(tmp_path_factory):
+  """The tiny config's AR model after 4 training steps, loaded as every evaluator loads one."""
+  from dlmscale import runner
+  from dlmscale.evaluation import loaded
+  cfg = tiny_config()
+  workdir = tmp_path_factory.mktemp("multiple_choice")
+  runner.run_training(runner.build_experiment(cfg, "ar"), str(workdir / "ar"), stop_after=4)
+  return loaded.load_model(cfg, str(workdir), "ar")
+
+
+def test_end_to_end_with_the_real_scorer_on_a_tiny_trained_model(trained_ar):
+  from dlmscale.evaluation.scorer import Scorer
+  scorer = Scorer(trained_ar, batch_size=16)
+  paths = {"mmlu_anatomy": os.path.join(DATA, "mmlu"),
+           "winogrande": os.path.join(DATA, "winogrande"),
+           "lambada": os.path.join(DATA, "lambada.jsonl.gz")}
+  out = mc.evaluate_tasks(scorer, list(paths), num_fewshot=1, limit=3, seed=0, paths=paths)
+  for name, m in out.items():
+    task = tasks.load_task(name, paths[name])
+    assert m["num_examples"] == 3
+    accs = []
+    for i, record in enumerate(m["examples"]):
+      direct = scorer.loglikelihood(task.examples[i].requests(task.demos(i, 1, 0)))
+      assert record["loglikelihoods"] == [r.logprob for r in direct], (name, i)
+      assert all(ll < 0 for ll in record["loglikelihoods"]) and set(record["stderrs"]) == {0.0}
+      accs.append(np.argmax(record["loglikelihoods"]) == record["gold"])
+    if name == "lambada":
+      nll = -np.mean([r["loglikelihoods"][0] for r in m["examples"]])
+      assert m["perplexity"] == pytest.approx(math.exp(nll))
+    else:
+      assert m["acc"] == pytest.approx(np.mean(accs))
+      assert m["delta_nll_min"] > 0 or m["acc"] < 1
+  assert "| lambada | 3 | 1 |" in mc.format_table(out)
+
+
+def test_dlm_scores_carry_the_monte_carlo_stderr_into_the_records(trained_ar):
+  from dlmscale import runner, train
+  from dlmscale.evaluation import loaded
+  from dlmscale.evaluation.scorer import Scorer
+  exp = runner.build_experiment(trained_ar.cfg, "mdm")
+  params = train.create_state(exp.model, exp.optimizer, 0, exp.shardings)["params"]
+  scorer = Scorer(loaded.from_experiment(exp, params), num_samples=4, batch_size=16, seed=1)
+  task = tasks.load_task("openbookqa", os.path.join(DATA, "openbookqa"))
+  m = mc.score_task(scorer, task, limit=2)
+  again = mc.score_task(scorer, task, limit=2)
+  assert m["examples"] == again["examples"]  # seeded: the same bound every time
+  for record, ex in zip(m["examples"], task.examples):
+    assert len(record["loglikelihoods"]) == ex.num_options
+    assert all(s > 0 for s in record["stderrs"])  # multi-token options: a Monte Carlo estimate
+  assert 0 <= m["acc"] <= 1 and np.isfinite(m["delta_nll_mean"])
