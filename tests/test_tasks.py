@@ -339,3 +339,9 @@ def test_hellaswag_prompts_without_wikihow_tags_equal_oe_evals():
               if "[" not in r.doc["activity_label"] + r.doc["ctx"] + "".join(r.doc["endings"])]
   assert len(untagged) == 3243
   assert all(set(e.requests()) <= reference[doc["ind"]] for e, doc in untagged)
+
+
+def test_every_winogrande_partial_prompt_equals_oe_evals():
+  reference = _oe_eval_requests("winogrande", "index")  # doc index = row of the validation file
+  examples = tasks.load_task("winogrande").examples
+  assert all(set(e.requests()) <= reference[i] for i, e in enumerate(examples))
