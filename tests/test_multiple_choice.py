@@ -158,6 +158,16 @@ def test_evaluate_tasks_reads_paths_and_rejects_bad_arguments():
     mc.evaluate_tasks(TableScorer({}), ["arc_challenge"], limit=-1, paths=paths)
 
 
+def test_a_scorer_config_error_names_the_task():
+  class TooLong:
+    def loglikelihood(self, requests):
+      raise ConfigError("request 1: continuation of 40 tokens does not fit the 32-token window")
+
+  with pytest.raises(ConfigError, match=r"^toy \(2-shot\): request 1: continuation of 40"):
+    mc.score_task(TooLong(), _task([choice_example(f"q{i}", ["a"], 0) for i in range(3)]),
+                  num_fewshot=2)
+
+
 def test_format_table_shows_mean_and_stderr_per_metric():
   results = {"piqa": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.625, "acc_norm_stderr": 0.125,
                       "nll_correct": 3.0, "nll_correct_stderr": 0.5, "delta_nll_mean": 0.25,

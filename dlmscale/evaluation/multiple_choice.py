@@ -97,7 +97,10 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
   examples = task.examples[:count]
   requests = [r for i, e in enumerate(examples)
               for r in e.requests(task.demos(i, num_fewshot, seed))]
-  results = list(scorer.loglikelihood(requests))
+  try:
+    results = list(scorer.loglikelihood(requests))
+  except ConfigError as e:  # e.g. a continuation longer than the window: say which task
+    raise ConfigError(f"{task.name} ({num_fewshot}-shot): {e}") from None
   if len(results) != len(requests):
     raise ValueError(f"scorer returned {len(results)} results for {len(requests)} requests")
   lls, stderrs, greedy, lengths, valid = _options_table(task, examples, results)
