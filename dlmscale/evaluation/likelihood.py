@@ -48,7 +48,8 @@ def continuation_mask(cont_start_B, lengths_B, length: int):
 def ar_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B):
   """Exact AR log p(continuation | context) per row, and whether greedy decoding reproduces it.
 
-  Returns (logprob_B, greedy_B); position j is predicted by the causal logits at j - 1."""
+  Returns (logprob_B, greedy_B); position j is predicted by the causal logits at j - 1, so a row's
+  last token is never an input that matters (a row may hold seq_len + 1 tokens)."""
   logits_BxLxV, _ = model.apply(params, tokens_BxL, causal=True, lengths_B=lengths_B)
   logp_BxL1 = -token_cross_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
   scored_BxL1 = continuation_mask(cont_start_B, lengths_B, tokens_BxL.shape[1])[:, 1:]
@@ -58,7 +59,7 @@ def ar_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B):
 
 def guided_logits(model, params, inputs_BxL, context_BxL, lengths_B, *, mask_id: int,
                   cfg_scale: float):
-  """Bidirectional logits [B, L, V]; with cfg_scale w > 0, (1+w) cond - w uncond (context masked)."""
+  """Bidirectional logits [B, L, V]; with weight w > 0: (1+w) cond - w uncond (context masked)."""
   if cfg_scale == 0:
     return model.apply(params, inputs_BxL, causal=False, lengths_B=lengths_B)[0]
   b, l = inputs_BxL.shape
@@ -90,7 +91,8 @@ def _position_uniforms(key, rel_pos_L):
 
 def sample_masks(estimator: str, row_keys_B, draws_G, cont_BxL, cont_start_B, *,
                  num_samples: int, eps: float):
-  """Masks [B, G, L] and weights [B, G] of draws `draws_G` (global sample / pass indices)."""
+  """(masked_BxGxL, scored_BxGxL, weight_BxG) of the draws `draws_G` (global sample indices, or
+  pass indices for 'chain'); a draw's value is sum over scored positions of weight * log p."""
   b, l = cont_BxL.shape
   cont_len_B = jnp.maximum(cont_BxL.sum(-1), 1)
   rel_pos_BxL = jnp.maximum(jnp.arange(l)[None] - cont_start_B[:, None], 0)
@@ -101,8 +103,9 @@ def sample_masks(estimator: str, row_keys_B, draws_G, cont_BxL, cont_start_B, *,
   strat_keys_B, draw_keys_B = jax.vmap(jax.random.split, out_axes=1)(row_keys_B)
   u_B = jax.vmap(jax.random.uniform)(strat_keys_B)
   s_BxG = (draws_G[None, :] + u_B[:, None]) / num_samples
-  keys_BxG = jax.vmap(lambda k: jax.vmap(lambda d: jax.random.fold_in(k, d))(draws_G))(draw_keys_B)
-  uniforms_BxGxL = jax.vmap(jax.vmap(_position_uniforms, (0, None)), (0, 0))(keys_BxG, rel_pos_BxL)
+  fold_draws = lambda key: jax.vmap(lambda d: jax.random.fold_in(key, d))(draws_G)
+  keys_BxG = jax.vmap(fold_draws)(draw_keys_B)
+  uniforms_BxGxL = jax.vmap(jax.vmap(_position_uniforms, (0, None)))(keys_BxG, rel_pos_BxL)
   if estimator == "iid":
     t_BxG = jnp.maximum(s_BxG, eps)
     masked = cont_BxL[:, None] & (uniforms_BxGxL < t_BxG[..., None])
@@ -111,8 +114,8 @@ def sample_masks(estimator: str, row_keys_B, draws_G, cont_BxL, cont_start_B, *,
                        cont_len_B[:, None])
   # Rank of each continuation position among the row's continuation positions by its uniform:
   # the `count` lowest ranks form a uniformly random subset of that size.
-  keys_BxGxL = jnp.where(cont_BxL[:, None], uniforms_BxGxL, 2.0)
-  rank_BxGxL = jnp.argsort(jnp.argsort(keys_BxGxL, axis=-1), axis=-1)
+  order_BxGxL = jnp.where(cont_BxL[:, None], uniforms_BxGxL, 2.0)
+  rank_BxGxL = jnp.argsort(jnp.argsort(order_BxGxL, axis=-1), axis=-1)
   masked = cont_BxL[:, None] & (rank_BxGxL < count_BxG[..., None])
   return masked, masked, cont_len_B[:, None] / count_BxG
 

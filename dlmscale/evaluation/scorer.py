@@ -21,7 +21,6 @@ import zlib
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
@@ -84,7 +83,8 @@ class Scorer:
   """Scores (context, continuation) requests with a LoadedModel; see the module docstring.
 
   batch_size is the number of sequences per forward pass: AR scores that many requests at once; a
-  DLM scores data_parallel_size (or more) requests with several mask samples each per pass."""
+  DLM scores data_parallel_size (or more) requests with several mask samples each per pass (twice
+  the rows with guidance). estimator, num_samples and cfg_scale apply to DLMs; AR is exact."""
 
   def __init__(self, lm, *, estimator: str = "fixed_count", num_samples: int = 128,
                cfg_scale: float = 0.0, batch_size: int = 32, seed: int = 0):
