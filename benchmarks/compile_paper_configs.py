@@ -22,12 +22,20 @@ from configs import meshes, models  # noqa: E402
 from dlmscale import compile as compile_lib  # noqa: E402
 from dlmscale.config import default_config  # noqa: E402
 
+EXPERT8 = dict(data=-1, fsdp=1, tensor=1, expert=8)
 # name: (model preset, global batch, topology, mesh, remat); sequences of 2048 tokens.
 CASES = {
     "1b_dp": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "none"),
     "1b_dp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
     "1b_fsdp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.FSDP, "full"),
     "8b_fsdp_remat": (models.DENSE_8B, 1024, "v5p-128", meshes.FSDP, "full"),
+    # 8B1A as experiments/moe_1b.py ships it (capacity dispatch, data x expert 8), and variants.
+    "8b1a_capacity": (dict(models.PAPER_8B1A, moe_dispatch="capacity"), 256, "v5p-64",
+                      EXPERT8, "full"),
+    "8b1a_dropless": (dict(models.PAPER_8B1A, moe_dispatch="dropless"), 256, "v5p-64",
+                      EXPERT8, "full"),
+    "8b1a_fsdp_capacity": (dict(models.PAPER_8B1A, moe_dispatch="capacity"), 256, "v5p-64",
+                           dict(data=1, fsdp=-1, tensor=1, expert=8), "full"),
     # XLA's cost analysis counts a scanned layer loop's body once: unrolled for the FLOPs check.
     "1b_dp_remat_unrolled": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
 }

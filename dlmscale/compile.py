@@ -167,7 +167,8 @@ def compile_for_topology(cfg, objective: str, topology: str | Topology, *,
   args = objectives.resolve_args(objective, cfg.objective_args.get(objective), mask_id)
   loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
   step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=t.grad_accum,
-                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
+                               microbatch_sharding=train.microbatch_sharding(mesh, rules),
+                               rules=rules)
   b_sh = parallel.batch_sharding(mesh, rules)
   step_fn = train.compile_step(step, shardings, b_sh)
 

@@ -72,9 +72,10 @@ def default_config() -> ml_collections.ConfigDict:
       block_length=0,  # DLM: semi-autoregressive block length (0: the whole answer is one block)
       remasking="low_confidence"))  # DLM: or "random"
 
-  # Code benchmarks (--mode=code): pass@k over sandboxed executions.
+  # Code benchmarks (--mode=code): pass@k over sandboxed executions. Greedy decoding gives one
+  # distinct sample; for pass@10 sample (e.g. sample.temperature=0.8, num_samples=20).
   c.code = ml_collections.ConfigDict(dict(
-      benchmark="humaneval", limit=0, num_samples=10, pass_at_k=(1, 10), timeout_s=10.0,
+      benchmark="humaneval", limit=0, num_samples=1, pass_at_k=(1,), timeout_s=10.0,
       memory_mb=1024))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))

@@ -1,6 +1,8 @@
 """Device mesh, logical-axis rules, shardings, batch placement and multi-host start-up."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Iterable, Mapping, Sequence
 
@@ -23,6 +25,9 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("kv", None),
     ("mlp", "tensor"),
     ("expert", "expert"),
+    # Routed tokens grouped per expert: experts take the expert axis, so the token groups keep
+    # only the other batch axes (the dispatch is then an all-to-all over the expert axis).
+    ("expert_batch", ("data", "fsdp")),
     ("norm", None),
 )
 
@@ -134,6 +139,37 @@ def process_batch_rows(sharding: NamedSharding, global_batch: int, seq_len: int
     raise ConfigError(f"this process's devices hold non-contiguous batch rows {rows}; order the "
                      f"mesh so each process's devices are adjacent along the batch axes")
   return start, stop
+
+
+_ACTIVATION_MESH = contextvars.ContextVar("dlmscale_activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  """While tracing inside this context, `constrain` pins activations to the mesh by the rules.
+
+  Without it, XLA infers activation layouts from the parameters' shardings: under FSDP (params
+  sharded on `embed`) it may keep the residual stream sharded on its feature axis and replicated
+  over the batch, which multiplies temporaries per chip (BENCHMARKS.md, "TPU compile")."""
+  token = _ACTIVATION_MESH.set((mesh, dict(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def constrain(x, logical_axes: Sequence):
+  """x with a sharding constraint from its logical axes (e.g. ("batch", None, None)) when traced
+  inside `activation_sharding`; unchanged otherwise (evaluation, sampling, unsharded tests)."""
+  context = _ACTIVATION_MESH.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  spec = logical_to_spec(logical_axes, rules, mesh)
+  if any(dim % math.prod(mesh.shape[a] for a in ((s,) if isinstance(s, str) else s)) for dim, s
+         in zip(x.shape, spec) if s is not None):
+    return x  # e.g. a batch smaller than the data axes (sampling one row): let XLA choose
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -110,7 +110,8 @@ def build_experiment(cfg, objective: str, devices=None) -> Experiment:
   args = objectives.resolve_args(objective, cfg.objective_args.get(objective), tok.mask_id)
   loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
   step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=cfg.train.grad_accum,
-                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
+                               microbatch_sharding=train.microbatch_sharding(mesh, rules),
+                               rules=rules)
   return Experiment(cfg=cfg, objective=objective, model=model, stream=stream, corpus=corpus,
                     mesh=mesh, optimizer=optimizer, schedule=schedule, shardings=shardings,
                     batch_sharding=b_sh, step_fn=train.compile_step(step, shardings, b_sh),

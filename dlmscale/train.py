@@ -44,13 +44,22 @@ def make_loss_fn(model: Model, objective: Callable, objective_args: Mapping[str,
 
 
 def make_train_step(loss_fn, optimizer, schedule, *, grad_accum: int = 1,
-                    microbatch_sharding: NamedSharding | None = None):
+                    microbatch_sharding: NamedSharding | None = None, rules=None):
   """state, tokens_BxL -> state, metrics. With grad_accum > 1 the batch is split into strided
   microbatches (row i goes to microbatch i % A, so each stays spread over the data axes) and
-  gradients are averaged, which equals one big batch for per-batch-mean losses."""
+  gradients are averaged, which equals one big batch for per-batch-mean losses.
+
+  With `rules` (and microbatch_sharding's mesh) the model's activations are pinned to the batch
+  axes while tracing (parallel.activation_sharding)."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state: TrainState, tokens_BxL):
+    if rules is None or microbatch_sharding is None:
+      return _step(state, tokens_BxL)
+    with parallel.activation_sharding(microbatch_sharding.mesh, rules):
+      return _step(state, tokens_BxL)
+
+  def _step(state: TrainState, tokens_BxL):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"]
     if grad_accum == 1:

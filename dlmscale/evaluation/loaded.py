@@ -38,7 +38,7 @@ class LoadedModel:
 
 
 def load_model(cfg, workdir: str, objective: str | None = None) -> LoadedModel:
-  """The latest checkpoint of `objective` (default: the config's first) under workdir/<objective>."""
+  """The latest checkpoint of `objective` (default: the config's first) in workdir/<objective>."""
   from dlmscale import config as config_lib, runner  # imported only when a checkpoint is loaded
   objective = objective or config_lib.objective_names(cfg)[0]
   exp = runner.build_experiment(cfg, objective)

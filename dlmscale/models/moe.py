@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmscale.models.layers import SwiGLU, dropout, param
+from dlmscale.parallel import constrain
 
 ROUTERS = ("softmax", "sigmoid")
 DISPATCHES = ("dropless", "capacity")
@@ -115,11 +116,15 @@ class MoE(nnx.Module):
                       ).reshape(g, k, s, e, c).astype(dt)
     dispatch_GxSxExC = disp_GxKxSxExC.sum(1)
     combine_GxSxExC = jnp.einsum("gksec,gsk->gsec", disp_GxKxSxExC, weights_GxSxK.astype(dt))
-    x_GxExCxD = jnp.einsum("gsec,gsd->gecd", dispatch_GxSxExC, x_GxSxD)
+    # Expert parallelism: each chip computes its own experts for every group (no expert weights
+    # move); training pins these layouts (parallel.activation_sharding), XLA adds the all-to-alls.
+    x_GxExCxD = constrain(jnp.einsum("gsec,gsd->gecd", dispatch_GxSxExC, x_GxSxD),
+                          ("expert_batch", "expert", None, None))
     gate = jnp.einsum("gecd,edf->gecf", x_GxExCxD, self.w_gate[...].astype(dt))
     up = jnp.einsum("gecd,edf->gecf", x_GxExCxD, self.w_up[...].astype(dt))
     h_GxExCxF = dropout(jax.nn.silu(gate) * up, dropout_rate, key)
-    y_GxExCxD = jnp.einsum("gecf,efd->gecd", h_GxExCxF, self.w_down[...].astype(dt))
+    y_GxExCxD = constrain(jnp.einsum("gecf,efd->gecd", h_GxExCxF, self.w_down[...].astype(dt)),
+                          ("expert_batch", "expert", None, None))
     return jnp.einsum("gsec,gecd->gsd", combine_GxSxExC, y_GxExCxD), dropped.astype(jnp.float32)
 
   def __call__(self, x_BxLxD, *, dropout_rate=0.0, key=None):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmscale.errors import ConfigError
+from dlmscale.parallel import constrain
 from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
 from dlmscale.models.moe import DISPATCHES, ROUTERS, MoE
 
@@ -107,6 +108,7 @@ def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
 
 
 MOE_METRICS = ("load_balance_loss", "z_loss", "drop_fraction")
+ACTIVATION_AXES = ("batch", None, None)  # the [B, L, D] residual stream's logical axes
 
 
 class Block(nnx.Module):
@@ -215,7 +217,10 @@ class Transformer(nnx.Module):
     x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(cfg.dtype)
 
     def run_block(block, x, key):
-      return block(x, causal=causal, lengths_B=lengths_B, rates=rates, key=key)
+      # The residual stream stays sharded by batch between layers (a no-op outside training).
+      x = constrain(x, ACTIVATION_AXES)
+      x, aux = block(x, causal=causal, lengths_B=lengths_B, rates=rates, key=key)
+      return constrain(x, ACTIVATION_AXES), aux
 
     n = scan_length(cfg) if cfg.scan_layers else cfg.num_layers
     layer_keys = jax.random.split(dropout_key, n) if dropout_key is not None else [None] * n
@@ -249,6 +254,7 @@ class Transformer(nnx.Module):
     w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
     logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxV.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
+    logits_BxLxV = constrain(logits_BxLxV, ("batch", None, "vocab"))
     if not moe_aux:
       return logits_BxLxV, {"aux_loss": jnp.zeros((), jnp.float32)}
     aux = {name: sum(a[name] for a in moe_aux) / len(moe_aux)
