@@ -2,6 +2,7 @@
 iterative unmasking (prompt kept, no masks left, block order, confidence order, padding
 invariance), text-level generation and the sample command. Tiny fp32 models with random params."""
 import contextlib
+import dataclasses
 import io
 import os
 
@@ -41,7 +42,7 @@ def make(seed=0, **kw):
 
 def reference_greedy(fwd, params, prompts, n):
   """Greedy tokens without a cache: the full causal forward at every step, rows right-padded
-  (causal attention never sees past a row's end). Returns (new tokens, final sequences)."""
+  (causal attention never sees past a row's end). Returns the n new tokens of each row."""
   seq = np.zeros((len(prompts), max(map(len, prompts)) + n), np.int32)
   for row, prompt in zip(seq, prompts):
     row[:len(prompt)] = prompt
@@ -49,7 +50,7 @@ def reference_greedy(fwd, params, prompts, n):
     logits = np.asarray(fwd(params, seq))
     for b, prompt in enumerate(prompts):
       seq[b, len(prompt) + step] = logits[b, len(prompt) + step - 1].argmax()
-  return np.stack([row[len(p):len(p) + n] for row, p in zip(seq, prompts)]), seq
+  return np.stack([row[len(p):len(p) + n] for row, p in zip(seq, prompts)])
 
 
 def cached_logits(model):
@@ -66,31 +67,43 @@ def cached_logits(model):
 
 # ---- KV cache ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(CONFIGS) + ["capacity_moe", "bf16"])
-def test_kv_cache_matches_the_full_forward(name):
+def greedy(model, params, n=8):
+  """ar_generate's greedy answers to PROMPTS (left-padded); no row stops (eod is out of range)."""
+  tokens, lengths = left_pad(PROMPTS, pad_id=0)
+  return ar_generate(model, params, tokens, lengths, max_new_tokens=n, key=jax.random.key(0),
+                     eod_id=V + 1)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_greedy_generation_equals_the_full_forward_token_for_token(name):
   """For a batch of 3 prompt lengths (left-padded): ar_generate's greedy tokens equal re-running
-  the full forward every step on each prompt, token for token; the prefill logits and every
-  decode step's logits equal the full forward's. Capacity-dispatch MoE decodes dropless, so it
-  is compared with the dropless network."""
-  kw = {"capacity_moe": dict(num_experts=4, moe_dispatch="capacity"),
-        "bf16": dict(dtype="bfloat16")}.get(name, CONFIGS.get(name))
+  the full forward every step on each prompt alone."""
+  model, params = make(**CONFIGS[name])
+  fwd = jax.jit(lambda p, t: model.apply(p, t, causal=True)[0])
+  want = reference_greedy(fwd, params, PROMPTS, 8)
+  out = greedy(model, params)
+  np.testing.assert_array_equal(out.tokens, want)
+  np.testing.assert_array_equal(out.lengths, [8] * len(PROMPTS))
+
+
+@pytest.mark.parametrize("kw, tol", [(dict(), 1e-5), (dict(dtype="bfloat16"), 2e-2),
+                                     (dict(num_experts=4, moe_dispatch="capacity"), 1e-5)])
+def test_prefill_and_decode_logits_equal_the_full_forward(kw, tol):
+  """Prefill then one decode_step per token reproduce the causal forward's logits, rows
+  left-padded (fp32 and bf16, dense and MoE); bf16 within bf16 rounding. Capacity-dispatch MoE
+  decodes dropless (a decode step cannot reproduce a whole sequence's drops), so it matches the
+  dropless network."""
   model, params = make(**kw)
   reference = build_model(ModelConfig(**dict(BASE, **dict(kw, moe_dispatch="dropless"))))
-  fwd = jax.jit(lambda p, t: reference.apply(p, t, causal=True)[0])
-  n = 8
-  want, seq = reference_greedy(fwd, params, PROMPTS, n)
-  tokens, lengths = left_pad(PROMPTS, pad_id=0)
-  out = ar_generate(model, params, tokens, lengths, max_new_tokens=n, key=jax.random.key(0),
-                    eod_id=V + 1)  # an id never produced: no row stops
-  np.testing.assert_array_equal(out.tokens, want)
-  np.testing.assert_array_equal(out.lengths, [n] * len(PROMPTS))
-  full = np.asarray(fwd(params, seq))
-  prefill, decoded = cached_logits(model)(params, tokens, tokens.shape[1] - lengths, want)
-  tol = 2e-2 if name == "bf16" else 1e-5
-  for b, prompt in enumerate(PROMPTS):
-    p = len(prompt)
-    np.testing.assert_allclose(prefill[b, tokens.shape[1] - p:], full[b, :p], atol=tol, rtol=tol)
-    np.testing.assert_allclose(decoded[b], full[b, p:p + n], atol=tol, rtol=tol)
+  seq = np.random.default_rng(1).integers(0, V, (len(PROMPTS), 9)).astype(np.int32)
+  full = jax.jit(lambda p, t: reference.apply(p, t, causal=True)[0])(params, seq)
+  firsts = [len(p) for p in PROMPTS]  # row b: prompt seq[b, :firsts[b]], then 3 decode steps
+  tokens, lengths = left_pad([row[:f] for row, f in zip(seq, firsts)], pad_id=0)
+  new = np.stack([row[f:f + 3] for row, f in zip(seq, firsts)])
+  prefill, decoded = cached_logits(model)(params, tokens, tokens.shape[1] - lengths, new)
+  for b, f in enumerate(firsts):
+    np.testing.assert_allclose(prefill[b, tokens.shape[1] - f:], full[b, :f], atol=tol, rtol=tol)
+    np.testing.assert_allclose(decoded[b], full[b, f:f + 3], atol=tol, rtol=tol)
 
 
 # ---- token filters -----------------------------------------------------------------------------
@@ -106,13 +119,12 @@ def draw_counts(n=4000, **kw):
 
 def test_top_k_one_and_tiny_top_p_equal_greedy():
   logits = jax.random.normal(jax.random.key(3), (16, V)) * 2
-  greedy = sample_tokens(logits, None, temperature=0.0)
-  np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
-  for seed in range(3):
-    key = jax.random.key(seed)
-    np.testing.assert_array_equal(sample_tokens(logits, key, temperature=1.5, top_k=1), greedy)
-    np.testing.assert_array_equal(sample_tokens(logits, key, temperature=1.5, top_p=1e-6),
-                                  greedy)
+  argmax = np.asarray(jnp.argmax(logits, -1))
+  np.testing.assert_array_equal(sample_tokens(logits, None, temperature=0.0), argmax)
+  keys = jax.random.split(jax.random.key(0), 8)
+  for kw in (dict(top_k=1), dict(top_p=1e-6)):
+    draw = jax.jit(jax.vmap(lambda k: sample_tokens(logits, k, temperature=1.5, **kw)))
+    np.testing.assert_array_equal(draw(keys), np.broadcast_to(argmax, (8, 16)))
 
 
 @pytest.mark.parametrize("kw, support", [
@@ -144,29 +156,30 @@ def dense():
 
 def test_temperature_sampling_is_seeded(dense):
   tokens, lengths = left_pad(PROMPTS, pad_id=0)
-  run = lambda seed: ar_generate(*dense, tokens, lengths, max_new_tokens=12, eod_id=V + 1,
-                                 key=jax.random.key(seed), temperature=1.0, top_k=20).tokens
+  run = lambda seed: ar_generate(*dense, tokens, lengths, max_new_tokens=8, eod_id=V + 1,
+                                 key=jax.random.key(seed), temperature=1.0).tokens
   np.testing.assert_array_equal(run(0), run(0))
   assert (np.asarray(run(0)) != np.asarray(run(1))).any()
 
 
-def test_stop_ids_and_eod_stop_a_row_and_pad_the_rest(dense):
+def test_eod_and_stop_ids_stop_rows_and_pad_the_rest(dense):
+  """With eod = an id row 0 produces and a stop id row 2 produces, each row ends at its first
+  eod-or-stop id (kept), pad ids follow, and the tokens before it are unchanged."""
+  free = np.asarray(greedy(*dense).tokens)
+  at0, eod = next((i, int(t)) for i, t in enumerate(free[0]) if i and t not in free[0][:i])
+  stop = next(int(t) for t in free[2] if t != eod)
+  assert stop not in free[0][:at0]  # row 0 ends at eod, row 2 at the stop id
   tokens, lengths = left_pad(PROMPTS, pad_id=0)
-  free = np.asarray(ar_generate(*dense, tokens, lengths, max_new_tokens=10, eod_id=V + 1,
-                                key=jax.random.key(0)).tokens)
-  # A stop id that row 0 first produces after some other tokens.
-  at = next(i for i, t in enumerate(free[0]) if i >= 1 and t not in free[0][:i])
-  stop = int(free[0][at])
-  for kw in (dict(stop_ids=(stop,), eod_id=V + 1, pad_id=0), dict(eod_id=stop, pad_id=0)):
-    out = ar_generate(*dense, tokens, lengths, max_new_tokens=10, key=jax.random.key(0), **kw)
-    got = np.asarray(out.tokens)
-    assert int(out.lengths[0]) == at
-    np.testing.assert_array_equal(got[0, :at + 1], free[0, :at + 1])
-    np.testing.assert_array_equal(got[0, at + 1:], 0)
-    for row in (1, 2):  # other rows stop at their own first `stop`, if any
-      first = list(free[row]).index(stop) if stop in free[row] else 10
-      assert int(out.lengths[row]) == first
-      np.testing.assert_array_equal(got[row, :first], free[row, :first])
+  out = ar_generate(*dense, tokens, lengths, max_new_tokens=8, key=jax.random.key(0),
+                    eod_id=eod, stop_ids=(stop,), pad_id=0)
+  got = np.asarray(out.tokens)
+  assert got[0, out.lengths[0]] == eod and got[2, out.lengths[2]] == stop
+  for row in range(len(PROMPTS)):
+    ends = [i for i, t in enumerate(free[row]) if t in (eod, stop)]
+    end = ends[0] if ends else 8
+    assert int(out.lengths[row]) == end
+    np.testing.assert_array_equal(got[row, :end + 1], free[row, :end + 1])
+    np.testing.assert_array_equal(got[row, end + 1:], 0)
 
 
 def test_ar_bad_inputs_are_config_errors(dense):
@@ -321,7 +334,7 @@ def test_generate_text_ar_samples_stops_and_window():
 def test_generate_text_dlm_answers_and_checks_settings():
   lm = loaded("dlm")
   out = generate_text(lm, ["print(", "x = 1"], max_new_tokens=8, steps=4, block_length=4,
-                      num_samples=2, temperature=1.0, remasking="random", seed=1)
+                      num_samples=2, temperature=1.0, seed=1)
   assert [len(c) for c in out] == [2, 2] and out[0][0] != out[0][1]
   greedy = generate_text(lm, ["print("], max_new_tokens=8, steps=4, block_length=4)
   assert greedy == generate_text(lm, ["print("], max_new_tokens=8, steps=4, block_length=4,
@@ -334,22 +347,25 @@ def test_generate_text_dlm_answers_and_checks_settings():
 
 def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   """sample_command completes cfg.sample.prompts from the saved checkpoint of every objective,
-  as generate_text does from the same parameters in memory."""
+  as generate_text does from the same parameters in memory. One checkpoint (random params,
+  zero optimizer state) serves both objectives: they share the network."""
   from dlmscale import runner  # noqa: PLC0415  (heavy: prepares the tiny corpus)
   from dlmscale.evaluation.loaded import from_experiment  # noqa: PLC0415
   cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
                        "sample.num_samples": 2, "sample.steps": 3})
-  expected = {}
-  for objective in ("ar", "mdm"):
-    exp = runner.build_experiment(cfg, objective)
-    state = jax.jit(lambda exp=exp: train.init_state(exp.model, exp.optimizer, 1),
-                    out_shardings=exp.shardings)()
-    checkpointer = Checkpointer(os.path.join(tmp_path, objective, "checkpoints"), keep=1,
-                                async_save=False)
-    checkpointer.save(0, state, {})
-    checkpointer.close()
-    expected[objective] = generate_text(from_experiment(exp, state["params"]), cfg.sample.prompts,
-                                        max_new_tokens=6, num_samples=2, steps=3)
+  exp = runner.build_experiment(cfg, "ar")
+  abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, 0))
+  state = dict(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract),
+               params=random_params(exp.model, seed=4))
+  checkpointer = Checkpointer(os.path.join(tmp_path, "ar", "checkpoints"), keep=1,
+                              async_save=False)
+  checkpointer.save(0, state, {})
+  checkpointer.close()
+  os.symlink(os.path.join(tmp_path, "ar"), os.path.join(tmp_path, "mdm"))
+  lm = from_experiment(exp, state["params"])
+  expected = {o: generate_text(dataclasses.replace(lm, kind=k), cfg.sample.prompts,
+                               max_new_tokens=6, num_samples=2, steps=3)
+              for o, k in (("ar", "ar"), ("mdm", "dlm"))}
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
     records = sample_command(cfg, str(tmp_path))

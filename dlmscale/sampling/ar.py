@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlmscale.errors import ConfigError
-from dlmscale.sampling.common import StaticModel, ban, check_temperature, prompt_lengths
+from dlmscale.sampling.common import (StaticModel, ban, banned_mask, check_temperature,
+                                      prompt_lengths)
 
 
 class ArOutput(NamedTuple):
@@ -23,12 +24,14 @@ class ArOutput(NamedTuple):
   lengths: jax.Array
 
 
-def sample_tokens(logits_BxV, key, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+def sample_tokens(logits_BxV, key, *, temperature, top_k: int = 0, top_p: float = 1.0):
   """Next ids [B]: argmax at temperature 0; else a draw from softmax(logits / temperature) over
-  the top_k most likely ids (0: all) that also form the smallest set with probability >= top_p."""
-  if temperature == 0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+  the top_k most likely ids (0: all) that also form the smallest set with probability >= top_p.
+  temperature may be traced (one compiled sampler for every temperature)."""
+  greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  if isinstance(temperature, (int, float)) and temperature == 0:
+    return greedy_B
+  logits_BxV = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
   if 0 < top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
@@ -39,7 +42,8 @@ def sample_tokens(logits_BxV, key, *, temperature: float, top_k: int = 0, top_p:
     kept_B = jnp.sum(jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p, axis=-1)
     floor_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
     logits_BxV = jnp.where(logits_BxV < floor_Bx1, -jnp.inf, logits_BxV)
-  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  sampled_B = jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled_B, greedy_B)
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -65,17 +69,16 @@ def ar_generate(model, params, prompt_BxP, prompt_lengths_B=None, *, max_new_tok
                              hint="an AR model needs a token to condition on (start with eod)")
   stops = tuple(sorted({int(eod_id), *map(int, stop_ids)}))
   return _ar_loop(StaticModel(model), params, jnp.asarray(prompt_BxP, jnp.int32),
-                  jnp.asarray(p - lengths_B, jnp.int32), key, max_new_tokens=max_new_tokens,
-                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                  stop_ids=stops, pad_id=int(eod_id if pad_id is None else pad_id),
-                  banned_ids=tuple(int(i) for i in banned_ids))
+                  jnp.asarray(p - lengths_B, jnp.int32), key, jnp.float32(temperature),
+                  banned_mask(model.cfg.vocab_size, banned_ids), max_new_tokens=max_new_tokens,
+                  top_k=int(top_k), top_p=float(top_p), stop_ids=stops,
+                  pad_id=int(eod_id if pad_id is None else pad_id))
 
 
-@functools.partial(jax.jit, static_argnames=("static_model", "max_new_tokens", "temperature",
-                                             "top_k", "top_p", "stop_ids", "pad_id",
-                                             "banned_ids"))
-def _ar_loop(static_model, params, prompt_BxP, start_B, key, *, max_new_tokens, temperature,
-             top_k, top_p, stop_ids, pad_id, banned_ids) -> ArOutput:
+@functools.partial(jax.jit, static_argnames=("static_model", "max_new_tokens", "top_k", "top_p",
+                                             "stop_ids", "pad_id"))
+def _ar_loop(static_model, params, prompt_BxP, start_B, key, temperature, banned_V, *,
+             max_new_tokens, top_k, top_p, stop_ids, pad_id) -> ArOutput:
   model, n = static_model.model, max_new_tokens
   b, p = prompt_BxP.shape
   logits_BxPxV, cache = model.prefill(params, prompt_BxP, max_len=p + n, start_B=start_B)
@@ -87,7 +90,7 @@ def _ar_loop(static_model, params, prompt_BxP, start_B, key, *, max_new_tokens, 
 
   def decode(state):
     step, cache, logits_BxV, out_BxN, done_B = state
-    token_B = sample_tokens(ban(logits_BxV, banned_ids), jax.random.fold_in(key, step),
+    token_B = sample_tokens(ban(logits_BxV, banned_V), jax.random.fold_in(key, step),
                             temperature=temperature, top_k=top_k, top_p=top_p)
     token_B = jnp.where(done_B, pad_id, token_B)
     out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, step))

@@ -34,11 +34,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width: int = 0):
   return tokens_BxP, np.array([len(x) for x in prompts], np.int32)
 
 
-def ban(logits_BxTxV, banned_ids: Sequence[int]):
+def banned_mask(vocab_size: int, banned_ids: Sequence[int]) -> np.ndarray:
+  """bool [V], True at ids never to produce (an array, so changing it does not recompile)."""
+  banned_V = np.zeros((vocab_size,), bool)
+  banned_V[list(banned_ids)] = True
+  return banned_V
+
+
+def ban(logits_BxTxV, banned_V):
   """Logits with the banned ids (mask, padding ids past the tokenizer's) set to -inf."""
-  if not banned_ids:
-    return logits_BxTxV
-  return logits_BxTxV.at[..., jnp.asarray(banned_ids)].set(-jnp.inf)
+  return jnp.where(banned_V, -jnp.inf, logits_BxTxV)
 
 
 def check_temperature(temperature: float) -> None:

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlmscale.errors import ConfigError
-from dlmscale.sampling.common import StaticModel, ban, check_temperature, prompt_lengths
+from dlmscale.sampling.common import (StaticModel, ban, banned_mask, check_temperature,
+                                      prompt_lengths)
 
 REMASKING = ("low_confidence", "random")
 
@@ -79,12 +80,12 @@ def dlm_generate(model, params, prompt_BxP, prompt_lengths_B=None, *, gen_length
   for row, prompt, n in zip(canvas_BxT, prompt_BxP, lengths_B):
     row[:n] = prompt[p - n:]
     row[n:n + gen_length] = mask_id
-  banned = {int(mask_id), *map(int, banned_ids)} | (set() if allow_eod else {int(eod_id)})
+  banned = [mask_id, *banned_ids] + ([] if allow_eod else [eod_id])
   gen_BxG, commit_BxG = _dlm_loop(
       StaticModel(model), params, jnp.asarray(canvas_BxT), jnp.asarray(lengths_B, jnp.int32),
-      key, gen_length=gen_length, commits=tuple(commits_S.tolist()),
-      blocks=tuple(blocks_S.tolist()), remasking=remasking, temperature=float(temperature),
-      mask_id=int(mask_id), banned_ids=tuple(sorted(banned)))
+      key, jnp.float32(temperature), jnp.int32(mask_id),
+      banned_mask(model.cfg.vocab_size, banned), gen_length=gen_length,
+      commits=tuple(commits_S.tolist()), blocks=tuple(blocks_S.tolist()), remasking=remasking)
   is_eod_BxG = gen_BxG == eod_id
   cut_B = jnp.where(is_eod_BxG.any(-1), jnp.argmax(is_eod_BxG, axis=-1), gen_length)
   tokens_BxG = jnp.where(jnp.arange(gen_length)[None] < cut_B[:, None], gen_BxG, eod_id)
@@ -93,10 +94,9 @@ def dlm_generate(model, params, prompt_BxP, prompt_lengths_B=None, *, gen_length
 
 
 @functools.partial(jax.jit, static_argnames=("static_model", "gen_length", "commits", "blocks",
-                                             "remasking", "temperature", "mask_id",
-                                             "banned_ids"))
-def _dlm_loop(static_model, params, canvas_BxT, first_B, key, *, gen_length, commits, blocks,
-              remasking, temperature, mask_id, banned_ids):
+                                             "remasking"))
+def _dlm_loop(static_model, params, canvas_BxT, first_B, key, temperature, mask_id, banned_V, *,
+              gen_length, commits, blocks, remasking):
   """(generated ids_BxG, commit step_BxG) of the canvas whose answers start at first_B."""
   model = static_model.model
   b, t = canvas_BxT.shape
@@ -109,10 +109,11 @@ def _dlm_loop(static_model, params, canvas_BxT, first_B, key, *, gen_length, com
     canvas_BxT, step_BxT = state
     k_noise, k_order = jax.random.split(jax.random.fold_in(key, step))
     logits_BxTxV, _ = model.apply(params, canvas_BxT, causal=False, lengths_B=visible_B)
-    logits_BxTxV = ban(logits_BxTxV, banned_ids)
-    noisy_BxTxV = logits_BxTxV
-    if temperature > 0:
-      noisy_BxTxV = logits_BxTxV + temperature * jax.random.gumbel(k_noise, logits_BxTxV.shape)
+    logits_BxTxV = ban(logits_BxTxV, banned_V)
+    gumbel_BxTxV = jax.random.gumbel(k_noise, logits_BxTxV.shape)
+    # argmax(logits + T * Gumbel) draws from softmax(logits / T); T = 0 is the plain argmax.
+    noisy_BxTxV = jnp.where(temperature > 0, logits_BxTxV + temperature * gumbel_BxTxV,
+                            logits_BxTxV)
     predicted_BxT = jnp.argmax(noisy_BxTxV, axis=-1).astype(jnp.int32)
     if remasking == "low_confidence":
       chosen_BxT = jnp.take_along_axis(logits_BxTxV, predicted_BxT[..., None], axis=-1)[..., 0]
