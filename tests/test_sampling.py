@@ -325,6 +325,10 @@ def test_generate_text_ar_samples_stops_and_window():
   stop = text[4:6]
   cut = generate_text(lm, prompts, max_new_tokens=12, num_samples=2, stop=["\x00\x01", stop])
   assert cut[0][0] == text[:text.find(stop)]
+  # 9 rows in batches of 8 (the 8 fake devices): the rows are regrouped by prompt in order.
+  chunked = generate_text(lm, prompts + prompts[:1], max_new_tokens=12, num_samples=3,
+                          batch_size=8)
+  assert chunked == [[greedy[0][0]] * 3, [greedy[1][0]] * 3, [greedy[0][0]] * 3]
   with pytest.raises(ConfigError, match="seq_len=48"):
     generate_text(lm, ["x" * 40], max_new_tokens=8)  # 1 eod + 40 + 8 > 48
   with pytest.raises(ConfigError, match="top_p"):

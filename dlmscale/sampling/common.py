@@ -35,9 +35,10 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width: int = 0):
 
 
 def banned_mask(vocab_size: int, banned_ids: Sequence[int]) -> np.ndarray:
-  """bool [V], True at ids never to produce (an array, so changing it does not recompile)."""
+  """bool [V], True at ids never to produce (an array, so changing it does not recompile).
+  Ids outside [0, V) cannot be produced anyway and are ignored."""
   banned_V = np.zeros((vocab_size,), bool)
-  banned_V[list(banned_ids)] = True
+  banned_V[[i for i in banned_ids if 0 <= i < vocab_size]] = True
   return banned_V
 
 
