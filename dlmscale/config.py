@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
       # Benchmarks (dlmscale/evaluation/tasks): names such as ('hellaswag', 'arc_easy'); limit 0 =
       # every example; a DLM scores each option with `dlm_estimator` and `dlm_samples` mask draws.
       tasks=(), num_fewshot=0, limit=0, dlm_estimator="fixed_count", dlm_samples=128,
-      cfg_scale=0.0,
+      cfg_scale=0.0, task_paths="",  # task_paths: 'task=path,...' to read a task from elsewhere
       # Evaluation during training: every `every` steps (0: never) and at epoch boundaries.
       every=0, at_epochs=False))
 
@@ -133,6 +133,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
   if not 0 <= t.decay_fraction <= 1:
     raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
+  from dlmscale.evaluation.suite import check_eval_config  # evaluation imports this module
+  check_eval_config(cfg)
 
 
 def objective_names(cfg) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ import time
 import jax
 
 from dlmscale import config as config_lib
-from dlmscale.runner import Preempted, build_experiment, restore_params, run_training, validate
+from dlmscale.evaluation.multiple_choice import format_table as task_table
+from dlmscale.runner import Preempted, build_experiment, evaluate, restore_params, run_training
 
 __all__ = ["Preempted", "train_all", "evaluate_all", "format_table"]
 log = logging.getLogger("dlmscale")
@@ -45,14 +46,15 @@ def train_all(cfg, workdir: str) -> list[dict]:
 
 
 def evaluate_all(cfg, workdir: str) -> list[dict]:
-  """Validates the latest checkpoint of each objective in workdir/<objective>."""
+  """Validates the latest checkpoint of each objective in workdir/<objective> and scores the
+  configured tasks (eval.tasks)."""
   results = []
   for name in config_lib.objective_names(cfg):
     exp = build_experiment(cfg, name)
     params, step = restore_params(exp, os.path.join(workdir, name))
     results.append({"objective": name, "steps": step,
                     "tokens_seen": step * exp.stream.tokens_per_step,
-                    "epochs": exp.stream.epoch_at(step), **validate(exp, params)})
+                    "epochs": exp.stream.epoch_at(step), **evaluate(exp, params, step)})
   _report(results, workdir, "eval.json")
   return results
 
@@ -80,4 +82,7 @@ def format_table(results: list[dict]) -> str:
     lines.append(f"{r['objective']:<14}{r['tokens_seen']:>14,}{r['epochs']:>9.2f}"
                  f"{cells['nll']:>18}{cells['elbo']:>18}{wall:>9}")
   lines.append("(nats per token on held-out sequences; the ELBO is an upper bound on the DLM's NLL)")
+  for r in results:
+    if r.get("tasks"):
+      lines += ["", f"{r['objective']} at step {r['steps']}:", task_table(r["tasks"])]
   return "\n".join(lines)

@@ -1,8 +1,10 @@
 """CLI: python -m dlmscale.main --config=FILE[:arg] [--workdir=DIR] [--mode=MODE].
 
-Modes: train (every objective, then validate), eval (validate checkpoints), prepare (tokenize and
-pack the corpus once), fingerprint (print the token-stream hash without training), compile (compile
-the sharded train step for --topology=v5p-64 with libtpu on this host: per-chip memory and FLOPs).
+Modes: train (every objective, then validate), eval (validate checkpoints and score eval.tasks),
+sample (generate from sample.prompts), code (HumanEval/MBPP pass@k in a sandbox), prepare (tokenize
+and pack the corpus once), fingerprint (print the token-stream hash without training), compile
+(compile the sharded train step for --topology=v5p-64 with libtpu on this host: per-chip memory
+and FLOPs).
 The console script also takes the mode as a subcommand: `dlmscale prepare --config=...`.
 """
 from __future__ import annotations
@@ -18,9 +20,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-MODES = ("train", "eval", "prepare", "fingerprint", "compile")
+MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile")
+_CHECKPOINT_MODES = ("train", "eval", "sample", "code")
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES),
-                          "train: train every objective and validate; eval: validate checkpoints; "
+                          "train: train every objective and validate; eval: validate checkpoints "
+                          "and score eval.tasks; sample: generate from sample.prompts; code: "
+                          "pass@k on code.benchmark; "
                           "prepare: prepare the corpus; fingerprint: print the stream hash; "
                           "compile: compile the train step for --topology (no TPU, no data).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice for --mode=compile, e.g. v5p-64.")
@@ -96,7 +101,7 @@ def main(argv) -> None:
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
   if not os.path.isfile(config_file):
     _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
-  if not _WORKDIR.value and _MODE.value in ("train", "eval"):
+  if not _WORKDIR.value and _MODE.value in _CHECKPOINT_MODES:
     _fail(f"--workdir is required for --mode={_MODE.value}, e.g. --workdir=runs/quickstart")
   if _MODE.value == "compile":
     _compile(_CONFIG.value, _TOPOLOGY.value)
@@ -116,6 +121,12 @@ def main(argv) -> None:
       experiment.train_all(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "eval":
       experiment.evaluate_all(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "sample":
+      from dlmscale.sampling import sample_command
+      sample_command(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "code":
+      from dlmscale.evaluation.code import code_command
+      commands.print_json(code_command(_CONFIG.value, _WORKDIR.value))
     elif _MODE.value == "prepare":
       commands.print_json(commands.prepare_corpus(_CONFIG.value))
     else:

@@ -22,6 +22,8 @@ from dlmscale import config as config_lib
 from dlmscale import flops, objectives, optim, parallel, train
 from dlmscale.data import TokenStream, ensure_prepared, validation_subset
 from dlmscale.errors import CheckpointError, NonFiniteLossError
+from dlmscale.evaluation.loaded import from_experiment
+from dlmscale.evaluation.suite import flat_task_metrics, is_eval_step, score_tasks, task_list
 from dlmscale.evaluation.validation import evaluate_validation
 from dlmscale.metrics import MetricsWriter, progress_line
 from dlmscale.models.model import Model, build_model
@@ -233,6 +235,10 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
         if save_now:
           _check_params_finite(state["params"], done, exp.objective)
           checkpointer.save(done, state, data_state(done))
+        e = cfg.eval
+        if is_eval_step(done, end, e.every, e.at_epochs, stream.epoch_at):
+          writer.write(done, _scalars(evaluate(exp, state["params"], done)), prefix="eval")
+          pending, window_start = [], time.time()  # evaluation time is not training time
         if preempted and done < end:
           checkpointer.wait()
           raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "
@@ -247,8 +253,8 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
                        "train_split_fingerprint": exp.corpus.train.fingerprint,
                        "val_split_fingerprint": exp.corpus.val.fingerprint}}
     if end == stream.num_steps:
-      result.update(validate(exp, state["params"]))
-      writer.write(end, {k: result[k] for k in ("val_mean", "val_stderr")}, prefix="eval")
+      result.update(evaluate(exp, state["params"], end))
+      writer.write(end, _scalars(result), prefix="eval")
     return result
   finally:
     checkpointer.close()
@@ -265,6 +271,21 @@ def validate(exp: Experiment, params) -> dict:
                             mask_id=exp.corpus.tokenizer.mask_id, seed=exp.cfg.seed)
   return {"val_kind": "nll" if kind == "ar" else "elbo", "val_mean": out["mean"],
           "val_stderr": out["stderr"], "val_sequences": out["sequences"]}
+
+
+def evaluate(exp: Experiment, params, step: int) -> dict:
+  """Validation plus, under 'tasks', the configured benchmark results (eval.tasks)."""
+  out = validate(exp, params)
+  if task_list(exp.cfg.eval.tasks):
+    out["tasks"] = score_tasks(from_experiment(exp, params, step), exp.cfg)
+  return out
+
+
+def _scalars(result: dict) -> dict:
+  """The validation figures and task metrics of a result, as loggable floats."""
+  out = {k: result[k] for k in ("val_mean", "val_stderr")}
+  out.update(flat_task_metrics(result.get("tasks", {})))
+  return out
 
 
 def restore_params(exp: Experiment, workdir: str):
