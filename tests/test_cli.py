@@ -103,6 +103,7 @@ def runs(tmp_path_factory):
       "mesh": ["--config.mesh.data=3"],
       "batch": ["--config.train.global_batch=12"],
       "missing_checkpoint": ["--mode=eval"],
+      "unknown_task": ["--mode=eval", "--config.eval.tasks=hellaswag,nope"],
   }
   started = {}
   try:
@@ -158,6 +159,12 @@ def test_eval_without_checkpoint(runs):
   workdir, proc = run.workdir, run.result()
   assert_user_error(proc, "no checkpoint", str(workdir))
   assert list(workdir.iterdir()) == []  # nothing created: no checkpoints dir, no eval.json
+
+
+def test_unknown_task(runs):
+  run = runs["unknown_task"]
+  assert_user_error(run.result(), "unknown task 'nope'", "hellaswag")
+  assert not run.workdir.exists()
 
 
 def test_non_finite_loss(runs):
@@ -219,10 +226,17 @@ def test_eval_of_a_trained_workdir(trained, tmp_path):
   # The error cases' counterpart: --mode=eval reads the latest checkpoint and changes none.
   workdir = copy_of(trained, tmp_path)
   before = tree_digest(workdir / "ar")
-  proc = run_cli(trained[0], workdir, "--mode=eval")
+  proc = run_cli(trained[0], workdir, "--mode=eval", "--config.eval.tasks=mmlu_anatomy",
+                 "--config.eval.limit=8")
   assert proc.returncode == 0, proc.stderr[-3000:]
   trained_result = json.loads((workdir / "results.json").read_text())[0]
   eval_result = json.loads((workdir / "eval.json").read_text())[0]
   assert eval_result["steps"] == 16
   assert eval_result["val_mean"] == trained_result["val_mean"]
+  # The configured task is scored too: 8 questions, each with its 4 options' log-likelihoods.
+  task = eval_result["tasks"]["mmlu_anatomy"]
+  assert task["num_examples"] == 8 and len(task["examples"]) == 8
+  assert task["acc"] == sum(max(range(4), key=lambda i: e["loglikelihoods"][i]) == e["gold"]
+                            for e in task["examples"]) / 8
+  assert "| mmlu_anatomy | 8 | 0 |" in proc.stdout
   assert tree_digest(workdir / "ar") == before
