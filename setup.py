@@ -39,6 +39,7 @@ setup(
         "hf": ["datasets>=5.2,<6", "tokenizers>=0.23,<0.24", "pyarrow>=26,<27"],
         "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
     },
     entry_points={"console_scripts": ["dlmscale=dlmscale.main:run"]},
 )
