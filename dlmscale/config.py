@@ -61,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
       # every example; a DLM scores each option with `dlm_estimator` and `dlm_samples` mask draws.
       tasks=(), num_fewshot=0, limit=0, dlm_estimator="fixed_count", dlm_samples=128,
       cfg_scale=0.0, task_paths="",  # task_paths: 'task=path,...' to read a task from elsewhere
+      # Scoring window in tokens (0: data.seq_len, what the model was trained on). Longer windows
+      # let long benchmark items be scored, with RoPE beyond the trained length.
+      max_length=0,
       # Evaluation during training: every `every` steps (0: never) and at epoch boundaries.
       every=0, at_epochs=False))
 

@@ -156,7 +156,8 @@ class Scorer:
       raise ConfigError(
           f"request {index}: continuation of {len(continuation)} tokens does not fit the "
           f"{self.lm.seq_len}-token window with a context token ({self.lm.kind} models take at "
-          f"most {window - 1}): shorten the continuation or use a model with a longer seq_len")
+          f"most {window - 1}): shorten the continuation or score with a longer window "
+          "(eval.max_length; RoPE beyond the trained length)")
     return context[-(window - len(continuation)):], continuation
 
   def _score_batch(self, batch):

@@ -6,6 +6,7 @@ move together as the data repeats.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from dlmscale.errors import ConfigError
@@ -39,7 +40,7 @@ def check_eval_config(cfg) -> None:
     raise ConfigError(f"eval.task_paths names {extra}, which are not in eval.tasks: add them to "
                       "eval.tasks or remove their paths")
   likelihood.check_estimator(e.dlm_estimator)
-  for key in ("every", "num_fewshot", "limit"):
+  for key in ("every", "num_fewshot", "limit", "max_length"):
     if e[key] < 0:
       raise ConfigError(f"eval.{key}={e[key]} must be >= 0")
   if e.dlm_samples < 1:
@@ -66,6 +67,8 @@ def score_tasks(lm, cfg) -> dict[str, dict]:
   names = task_list(e.tasks)
   if not names:
     return {}
+  if e.max_length:
+    lm = dataclasses.replace(lm, seq_len=e.max_length)
   scorer = Scorer(lm, estimator=e.dlm_estimator, num_samples=e.dlm_samples,
                   cfg_scale=e.cfg_scale, batch_size=e.batch_size, seed=cfg.seed)
   return evaluate_tasks(scorer, names, num_fewshot=e.num_fewshot, limit=e.limit,
