@@ -109,6 +109,7 @@ def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
 
 MOE_METRICS = ("load_balance_loss", "z_loss", "drop_fraction")
 ACTIVATION_AXES = ("batch", None, None)  # the [B, L, D] residual stream's logical axes
+CACHE_AXES = ("layers", "batch", None, "kv_heads", "kv")  # a KV cache's [N, B, S, K, H]
 
 
 class Block(nnx.Module):
@@ -267,7 +268,8 @@ class Transformer(nnx.Module):
     (logits_BxTxV fp32, cache with their keys and values written and index advanced by T)."""
     cfg = self.cfg
     t = tokens_BxT.shape[1]
-    k_NxBxSxKxH, v_NxBxSxKxH, index, start_B = (cache[n] for n in ("k", "v", "index", "start_B"))
+    k_NxBxSxKxH, v_NxBxSxKxH = (constrain(cache[n], CACHE_AXES) for n in ("k", "v"))
+    index, start_B = cache["index"], cache["start_B"]
     slots_T = index + jnp.arange(t)
     keys_S = jnp.arange(k_NxBxSxKxH.shape[2])
     # Left-padded rows: slot s of row b holds position s - start_B[b]; slots before start are pad.
@@ -299,4 +301,5 @@ class Transformer(nnx.Module):
     w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
     logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
+    k_NxBxSxKxH, v_NxBxSxKxH = (constrain(c, CACHE_AXES) for c in (k_NxBxSxKxH, v_NxBxSxKxH))
     return logits_BxTxV, dict(cache, k=k_NxBxSxKxH, v=v_NxBxSxKxH, index=index + t)

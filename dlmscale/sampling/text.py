@@ -11,6 +11,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from dlmscale import parallel
 from dlmscale.errors import ConfigError
 from dlmscale.sampling.ar import ar_generate, check_sampling
 from dlmscale.sampling.common import left_pad
@@ -95,18 +96,23 @@ def banned_ids(lm) -> tuple[int, ...]:
 
 def _generate(lm, tokens_BxP, lengths_B, key, *, max_new_tokens, temperature, top_k, top_p, steps,
               block_length, remasking):
-  """(ids_BxN, lengths_B) as numpy: the generated ids and how many precede the eod/stop."""
+  """(ids_BxN, lengths_B) as numpy: the generated ids and how many precede the eod/stop.
+
+  Traced under the mesh's activation sharding, so activations and the KV cache are split over
+  the batch axes like in training (when the batch divides them)."""
   tok = lm.tokenizer
-  if lm.kind == "ar":
-    out = ar_generate(lm.model, lm.params, tokens_BxP, lengths_B, max_new_tokens=max_new_tokens,
-                      key=key, eod_id=tok.eod_id, temperature=temperature, top_k=top_k,
-                      top_p=top_p, banned_ids=banned_ids(lm))
-  else:
-    out = dlm_generate(lm.model, lm.params, tokens_BxP, lengths_B, gen_length=max_new_tokens,
-                       key=key, mask_id=tok.mask_id, eod_id=tok.eod_id, steps=steps,
-                       block_length=block_length, remasking=remasking, temperature=temperature,
-                       banned_ids=banned_ids(lm))
-  return np.asarray(out.tokens), np.asarray(out.lengths)
+  with parallel.activation_sharding(lm.mesh, lm.rules):
+    if lm.kind == "ar":
+      out = ar_generate(lm.model, lm.params, tokens_BxP, lengths_B,
+                        max_new_tokens=max_new_tokens, key=key, eod_id=tok.eod_id,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        banned_ids=banned_ids(lm))
+    else:
+      out = dlm_generate(lm.model, lm.params, tokens_BxP, lengths_B, gen_length=max_new_tokens,
+                         key=key, mask_id=tok.mask_id, eod_id=tok.eod_id, steps=steps,
+                         block_length=block_length, remasking=remasking,
+                         temperature=temperature, banned_ids=banned_ids(lm))
+    return np.asarray(out.tokens), np.asarray(out.lengths)
 
 
 def sample_command(cfg, workdir: str) -> list[dict]:
