@@ -5,8 +5,9 @@ Recipe (PAPER.md): sequence 2048, global batch 1024 (the paper's batch above 5B)
 (configs/optimizers.PAPER), bf16 compute, full remat. Data budget of the model-size study (the
 sparse study states none): 1B unique tokens repeated 96 times (96B tokens, ~45.8k steps). Both
 objectives by default; pick one with --config.objectives=mdm (or ar).
-Default mesh: FSDP over the whole slice (params + Adam state are ~95 GB); BENCHMARKS.md "TPU
-compile" finds it does not yet fit a v5p-128 at this batch (fsdp activation sharding, open).
+Default mesh: FSDP over the whole slice (params + Adam state are ~95 GB). Compile mode (v5p-128,
+fsdp 64, 16 sequences per chip) fits it in 39.6 GiB per chip (BENCHMARKS.md "TPU compile"):
+  python -m dlmscale.main --config=experiments/dense_8b.py --mode=compile --topology=v5p-128
 
 On a TPU VM (every host runs the same command):
   python -m dlmscale.main --config=experiments/dense_8b.py --workdir=/mnt/shared/runs/dense_8b

@@ -11,9 +11,10 @@ Recipe as experiments/dense_1b.py (sequence 2048, global batch 256: the paper's 
 ~1B active size; AdamW + WSD, bf16, full remat; 1B unique tokens x 96 epochs); objectives ar and
 mdm, one with --config.objectives=mdm. Default mesh: expert axis 8 (12 experts per chip), data
 over the rest; the batch is split over both. Capacity dispatch (factor 1.25) by default: compile
-mode (ar, v5p-64, data 4 x expert 8, 8 sequences per chip) fits it in 48.9 GiB per chip, while
-dropless needs 107 GiB even at 4 per chip (the compiler counts > 10x the analytic FLOPs: XLA's
-TPU ragged_dot seems to run every expert on every token) and fsdp x expert 216 GiB.
+mode (v5p-64, data 4 x expert 8, 8 sequences per chip) fits it in 38.0 GiB per chip (ar), and
+fsdp 4 x expert 8 in 18.6 GiB, while dropless needs 102 GiB of temporaries (XLA's TPU ragged_dot
+seems to run every expert on every token; BENCHMARKS.md "TPU compile"):
+  python -m dlmscale.main --config=experiments/moe_1b.py --mode=compile --topology=v5p-64
 
 On a TPU VM (every host runs the same command):
   python -m dlmscale.main --config=experiments/moe_1b.py --workdir=/mnt/shared/runs/moe_1b
