@@ -4,7 +4,7 @@ Tiny AR and MDM models (tests/configs/tiny.py, 4 training steps) are loaded the 
 them: from model_args naming the config file and the run directory.
 """
 import json
-import os
+import sys
 
 import pytest
 
@@ -108,29 +108,36 @@ metric_list:
   return yaml_path
 
 
-def test_simple_evaluate_on_a_local_multiple_choice_task(models, references, tmp_path):
-  import lm_eval
-  from lm_eval.tasks import TaskManager
-  rows = [dict(question="def f(x):", choices=["return x", "zzzz qq", "}}}{"], answer=0),
-          dict(question="import", choices=["os", "sys as s", "!!"], answer=1),
-          dict(question="x = 1 +", choices=["2", "))(", "q"], answer=2),
-          dict(question="class A", choices=["(object):", ":", "]]"], answer=1)]
-  _write_task(tmp_path, rows)
-  out = lm_eval.simple_evaluate(model=models["ar"], tasks=["dlmscale_tiny_mc"],
-                                task_manager=TaskManager(include_path=str(tmp_path)))
-  metrics = out["results"]["dlmscale_tiny_mc"]
+ROWS = [dict(question="def f(x):", choices=["return x", "zzzz qq", "}}}{"], answer=0),
+        dict(question="import", choices=["os", "sys as s", "!!"], answer=1),
+        dict(question="x = 1 +", choices=["2", "))(", "q"], answer=2),
+        dict(question="class A", choices=["(object):", ":", "]]"], answer=1)]
+
+
+def test_cli_module_evaluates_a_local_multiple_choice_task(workdir, references, tmp_path,
+                                                           monkeypatch):
+  """`python -m dlmscale.evaluation.lm_eval_adapter ...` in-process: --model defaults to dlmscale,
+  model_args load the checkpoint, lm-eval finds a local task YAML with --include_path, and
+  simple_evaluate's acc / acc_norm are those of the Scorer's log-likelihoods."""
+  _write_task(tmp_path, ROWS)
+  monkeypatch.setattr(sys, "argv", ["lm_eval_adapter"])
+  adapter.main(["--model_args", model_args(workdir, "ar"), "--tasks", "dlmscale_tiny_mc",
+                "--include_path", str(tmp_path), "--batch_size", str(BATCH),
+                "--output_path", str(tmp_path / "out")])
+  (results_file,) = (tmp_path / "out").rglob("results_*.json")
+  metrics = json.loads(results_file.read_text())["results"]["dlmscale_tiny_mc"]
   # The same requests through the Scorer: " " + choice after the question (lm-eval's format);
   # acc_norm divides by the choice's length in characters.
   acc, acc_norm = [], []
-  for row in rows:
+  for row in ROWS:
     scores = [r.logprob for r in references["ar"].loglikelihood(
         [(row["question"], " " + c) for c in row["choices"]])]
     norm = [s / len(c) for s, c in zip(scores, row["choices"])]
     acc.append(max(range(3), key=scores.__getitem__) == row["answer"])
     acc_norm.append(max(range(3), key=norm.__getitem__) == row["answer"])
-  assert metrics["acc,none"] == pytest.approx(sum(acc) / len(rows))
-  assert metrics["acc_norm,none"] == pytest.approx(sum(acc_norm) / len(rows))
-  assert metrics["acc_stderr,none"] > 0 or sum(acc) in (0, len(rows))
+  assert metrics["acc,none"] == pytest.approx(sum(acc) / len(ROWS))
+  assert metrics["acc_norm,none"] == pytest.approx(sum(acc_norm) / len(ROWS))
+  assert metrics["acc_stderr,none"] > 0 or sum(acc) in (0, len(ROWS))
 
 
 @pytest.mark.parametrize("kind", ["ar", "mdm"])
@@ -150,12 +157,15 @@ def test_generate_until_cuts_at_until_and_equals_generate_text(models, kind):
 
 
 def test_generate_until_keeps_the_end_of_a_long_prompt(models):
+  from dlmscale.sampling import generate_text
   lm = models["ar"]
   long_prompt = "# " + "z" * 100 + "\ndef f(x):\n"
-  (out,) = lm.generate_until(instances("generate_until", [(long_prompt, {"max_gen_toks": 8})]))
-  assert lm._fit_prompt(long_prompt, 8) == long_prompt[-(32 - 1 - 8):]
-  from dlmscale.sampling import generate_text
-  assert out == generate_text(lm.lm, [long_prompt[-23:]], max_new_tokens=8, seed=3)[0][0]
+  (out,) = lm.generate_until(instances("generate_until", [(long_prompt, {"max_gen_toks": 16})]))
+  tail = long_prompt[-(32 - 1 - 16):]  # eod + prompt + 16 new tokens fill the 32-token window
+  assert lm._fit_prompt(long_prompt, 16) == tail
+  assert out == generate_text(lm.lm, [tail], max_new_tokens=16, seed=3)[0][0]
+  # A budget beyond the window shrinks to leave room for eod and one prompt token.
+  assert lm._generation_settings({"max_gen_toks": 256})["max_new_tokens"] == 32 - 2
 
 
 def test_generation_settings_follow_lm_eval_gen_kwargs():
