@@ -36,8 +36,8 @@ def workdir(tmp_path_factory):
   return str(root)
 
 
-def model_args(workdir, objective):
-  return (f"config={TINY_CONFIG},workdir={workdir},objective={objective},"
+def model_args(workdir, objective, config=TINY_CONFIG):
+  return (f"{f'config={config},' if config else ''}workdir={workdir},objective={objective},"
           f"num_samples={NUM_SAMPLES},estimator=fixed_count,seed=3")
 
 
@@ -47,9 +47,10 @@ def models(workdir):
   from lm_eval.api.registry import get_model
   cls = get_model("dlmscale")
   assert cls is adapter.DlmscaleLM
-  return {kind: cls.create_from_arg_string(model_args(workdir, kind),
+  # The mdm model comes from the run's saved config.json: no config file named.
+  return {kind: cls.create_from_arg_string(model_args(workdir, kind, config),
                                            {"batch_size": BATCH, "device": None})
-          for kind in ("ar", "mdm")}
+          for kind, config in (("ar", TINY_CONFIG), ("mdm", None))}
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,15 @@ def test_generation_settings_follow_lm_eval_gen_kwargs():
       stop=(), max_new_tokens=9, temperature=0.5, top_k=5, top_p=0.9)
 
 
+def test_the_saved_run_config_equals_the_experiment_file(models, workdir):
+  from dlmscale.config import to_json
+  assert to_json(models["mdm"].lm.cfg) == to_json(tiny_config())
+  cfg = adapter.run_config(workdir, "ar")
+  assert to_json(cfg) == to_json(models["ar"].lm.cfg)
+  with pytest.raises(ConfigError, match="config.json not found"):
+    adapter.run_config(workdir, "no_such_objective")
+
+
 def test_load_config_applies_overrides_and_rejects_bad_ones(tmp_path):
   cfg = adapter.load_config(TINY_CONFIG, "train.lr=1e-3; data.seq_len=64;data.tokenizer=byte")
   assert (cfg.train.lr, cfg.data.seq_len, cfg.data.tokenizer) == (1e-3, 64, "byte")
@@ -192,4 +202,6 @@ def test_load_config_applies_overrides_and_rejects_bad_ones(tmp_path):
     adapter.load_config(str(tmp_path / "missing.py"))
   with pytest.raises(ConfigError, match="config=path"):
     adapter.DlmscaleLM(workdir=str(tmp_path))
+  with pytest.raises(ConfigError, match="config=path"):
+    adapter.DlmscaleLM(config=TINY_CONFIG, objective="ar")
 

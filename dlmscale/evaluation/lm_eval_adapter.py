@@ -13,13 +13,13 @@ before `lm_eval.simple_evaluate(model="dlmscale", ...)`). Offline, point lm-eval
 task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: {test: rows.jsonl}}`,
 passed as `--tasks path/to/task.yaml` or found with `--include_path DIR`.
 
-model_args: config (experiment file, optionally FILE:ARG like --config), workdir, objective
-(default: the config's first), config_overrides ('train.lr=1e-3;data.seq_len=64': ';' between
-overrides since lm-eval splits model_args at commas), estimator / num_samples / cfg_scale (DLM
-likelihood, see scorer.py), seed, and for DLM generation gen_length (0: the task's max_gen_toks),
-steps, block_length, remasking (see dlmscale.sampling). lm-eval's --batch_size is the number of
-sequences per forward pass ('auto' or the harness default 1 give 32); the harness default of 1 makes
-a DLM's Monte Carlo passes tiny, so pass a large one.
+model_args: workdir; objective (default: the config's first); config, the experiment file
+(FILE[:ARG] as for --config), or without it the run's saved <workdir>/<objective>/config.json;
+config_overrides ('train.lr=1e-3;data.seq_len=64': ';' between them since lm-eval splits
+model_args at commas); estimator, num_samples, cfg_scale (DLM likelihood, see scorer.py); seed;
+for DLM generation gen_length (0: the task's max_gen_toks), steps, block_length, remasking (see
+dlmscale.sampling). lm-eval's --batch_size is the number of sequences per forward pass ('auto'
+gives 32); its default of 1 leaves a DLM one mask sample per pass, so pass a large one.
 
 Requests map onto the Scorer: loglikelihood -> (log p or its lower bound, greedy);
 loglikelihood_rolling -> exact for AR, the configured bound for a DLM; generate_until ->
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -72,11 +73,36 @@ def load_config(spec: str, overrides: str | Mapping[str, Any] = ""):
                       "keep it inside the checkout holding configs/") from e
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} defines no get_config(): add one")
-  cfg = module.get_config(arg) if arg else module.get_config()
+  return _overridden(module.get_config(arg) if arg else module.get_config(), overrides)
+
+
+def _overridden(cfg, overrides: str | Mapping[str, Any]):
   items = parse_overrides(overrides) if isinstance(overrides, str) else dict(overrides)
   for key, value in items.items():
     _set_path(cfg, key, value)
   return cfg
+
+
+def run_config(workdir: str, objective: str):
+  """The config a run was trained with: <workdir>/<objective>/config.json over the defaults."""
+  from dlmscale.config import default_config
+  path = os.path.join(workdir, objective, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path} not found: pass config=path/to/experiment.py, or the workdir and "
+                      "objective of a trained run")
+  with open(path) as f:
+    saved = json.load(f)
+  cfg = default_config()
+  cfg.update(_tuples(saved))  # JSON turned the config's tuples into lists
+  return cfg
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -176,9 +202,12 @@ class DlmscaleLM(LM):
     super().__init__()
     del device, max_batch_size  # JAX places the model on every local device; no auto batch
     if loaded is None:
-      if not config or not workdir:
-        raise ConfigError("model_args need config=path/to/experiment.py and workdir=run_dir")
-      loaded = load_model(load_config(config, config_overrides), str(workdir), objective)
+      if not workdir or not (config or objective):
+        raise ConfigError("model_args need workdir=run_dir and config=path/to/experiment.py "
+                          "or objective=name (then the run's saved config.json is used)")
+      cfg = (load_config(config, config_overrides) if config
+             else _overridden(run_config(str(workdir), objective), config_overrides))
+      loaded = load_model(cfg, str(workdir), objective)
     elif config or workdir:
       raise ConfigError("pass either loaded= or config= and workdir=, not both")
     self.lm = loaded
