@@ -142,7 +142,7 @@ def test_cli_module_evaluates_a_local_multiple_choice_task(workdir, references, 
 
 
 @pytest.mark.parametrize("kind", ["ar", "mdm"])
-def test_generate_until_cuts_at_until_and_equals_generate_text(models, kind):
+def test_generate_until_cuts_at_until_and_equals_generate_text(models, kind, caplog):
   from dlmscale.sampling import generate_text
   lm = models[kind]
   prompt = "def f(x):\n"
@@ -152,9 +152,12 @@ def test_generate_until_cuts_at_until_and_equals_generate_text(models, kind):
   assert len(free) >= 4, free
   stop = free[2]  # a character the greedy completion reaches: it must be cut there
   gen_kwargs = {"until": [stop], "max_gen_toks": 16, "do_sample": False}
-  cut, again = lm.generate_until(instances("generate_until", [(prompt, gen_kwargs)] * 2))
+  extra = dict(gen_kwargs, repetition_penalty=1.3)  # unknown to dlmscale: ignored, one warning
+  cut, again = lm.generate_until(instances("generate_until", [(prompt, gen_kwargs),
+                                                              (prompt, extra)]))
   assert cut == again == free[:free.index(stop)]
   assert stop not in cut
+  assert [r.message.count("repetition_penalty") for r in caplog.records] == [1]
 
 
 def test_generate_until_keeps_the_end_of_a_long_prompt(models):
@@ -188,6 +191,12 @@ def test_the_saved_run_config_equals_the_experiment_file(models, workdir):
   assert to_json(cfg) == to_json(models["ar"].lm.cfg)
   with pytest.raises(ConfigError, match="config.json not found"):
     adapter.run_config(workdir, "no_such_objective")
+
+
+def test_batch_size_takes_an_int_or_auto():
+  assert [adapter._batch_size(v) for v in ("64", 8, "auto", "auto:4", None)] == [64, 8, 32, 32, 32]
+  with pytest.raises(ConfigError, match="batch_size='big'"):
+    adapter._batch_size("big")
 
 
 def test_load_config_applies_overrides_and_rejects_bad_ones(tmp_path):

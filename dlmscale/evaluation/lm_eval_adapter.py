@@ -161,10 +161,7 @@ def generation_settings(gen_kwargs: Mapping[str, Any], max_gen_toks: int) -> dic
   """generate_text keywords from a task's gen_kwargs: stop strings, token budget and sampling.
 
   Greedy unless do_sample is true, or do_sample is absent and temperature > 0 (do_sample alone
-  samples at temperature 1); max_gen_toks defaults to the given budget."""
-  unknown = sorted(set(gen_kwargs) - set(_GEN_KWARGS))
-  if unknown:
-    log.warning("dlmscale ignores gen_kwargs %s (it reads %s)", unknown, list(_GEN_KWARGS))
+  samples at temperature 1); max_gen_toks defaults to the given budget; other keys are ignored."""
   until = gen_kwargs.get("until") or []
   until = [until] if isinstance(until, str) else list(until)
   do_sample = gen_kwargs.get("do_sample")
@@ -182,10 +179,9 @@ def _batch_size(value) -> int:
   if value is None or str(value).startswith("auto"):
     return DEFAULT_BATCH_SIZE
   try:
-    size = int(value)
+    return int(value)
   except ValueError as e:
     raise ConfigError(f"batch_size={value!r} is not an integer or 'auto': pass e.g. 64") from e
-  return size
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -243,14 +239,16 @@ class DlmscaleLM(LM):
     """Completions cut at the task's `until` strings; requests with the same gen_kwargs share
     batches."""
     from dlmscale.sampling import generate_text  # imported only when a task generates
+    all_kwargs = [dict(req.args[1] or {}) if len(req.args) > 1 else {} for req in requests]
+    unknown = sorted(set().union(*all_kwargs) - set(_GEN_KWARGS))
+    if unknown:
+      log.warning("dlmscale ignores gen_kwargs %s (it reads %s)", unknown, list(_GEN_KWARGS))
+    settings = [self._generation_settings(kw) for kw in all_kwargs]
     groups: dict[tuple, list[int]] = {}
-    settings = []
-    for i, req in enumerate(requests):
-      context, gen_kwargs = req.args[0], (req.args[1] if len(req.args) > 1 else {})
-      settings.append(self._generation_settings(gen_kwargs or {}))
-      groups.setdefault(_freeze(settings[-1]), []).append(i)
+    for i, kw in enumerate(settings):
+      groups.setdefault(_freeze(kw), []).append(i)
     out: list[str | None] = [None] * len(requests)
-    for key, indices in groups.items():
+    for indices in groups.values():
       kw = settings[indices[0]]
       prompts = [self._fit_prompt(requests[i].args[0], kw["max_new_tokens"]) for i in indices]
       texts = generate_text(self.lm, prompts, seed=self.seed, batch_size=self.batch_size, **kw)
