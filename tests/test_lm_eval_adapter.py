@@ -36,8 +36,8 @@ def workdir(tmp_path_factory):
   return str(root)
 
 
-def model_args(workdir, objective, config=TINY_CONFIG):
-  return (f"{f'config={config},' if config else ''}workdir={workdir},objective={objective},"
+def model_args(workdir, objective):
+  return (f"config={TINY_CONFIG},workdir={workdir},objective={objective},"
           f"num_samples={NUM_SAMPLES},estimator=fixed_count,seed=3")
 
 
@@ -47,10 +47,12 @@ def models(workdir):
   from lm_eval.api.registry import get_model
   cls = get_model("dlmscale")
   assert cls is adapter.DlmscaleLM
-  # The mdm model comes from the run's saved config.json: no config file named.
-  return {kind: cls.create_from_arg_string(model_args(workdir, kind, config),
-                                           {"batch_size": BATCH, "device": None})
-          for kind, config in (("ar", TINY_CONFIG), ("mdm", None))}
+  ar = cls.create_from_arg_string(model_args(workdir, "ar"), {"batch_size": BATCH, "device": None})
+  # The mdm model: checkpoint=<workdir>/<objective> and the run's saved config.json.
+  mdm = cls.create_from_arg_string(
+      f"checkpoint={workdir}/mdm,num_samples={NUM_SAMPLES},estimator=fixed_count,seed=3",
+      {"batch_size": BATCH, "device": None})
+  return {"ar": ar, "mdm": mdm}
 
 
 @pytest.fixture(scope="module")
@@ -213,4 +215,6 @@ def test_load_config_applies_overrides_and_rejects_bad_ones(tmp_path):
     adapter.DlmscaleLM(workdir=str(tmp_path))
   with pytest.raises(ConfigError, match="config=path"):
     adapter.DlmscaleLM(config=TINY_CONFIG, objective="ar")
+  with pytest.raises(ConfigError, match="not both"):
+    adapter.DlmscaleLM(checkpoint=str(tmp_path / "ar"), objective="ar")
 

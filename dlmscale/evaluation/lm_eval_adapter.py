@@ -6,6 +6,8 @@ registers the model before handing the command line to lm-eval's own CLI:
   python -m dlmscale.evaluation.lm_eval_adapter --model dlmscale \
     --model_args config=experiments/quickstart.py,workdir=runs/quickstart,objective=mdm,\
 estimator=fixed_count,num_samples=128 --tasks hellaswag --batch_size 256
+  python -m dlmscale.evaluation.lm_eval_adapter --model_args checkpoint=runs/quickstart/ar \
+    --tasks path/to/local_task.yaml
 
 lm-eval has no plugin entry point for models: a bare `lm_eval --model dlmscale` finds the model only
 in a process that has imported this module (e.g. `import dlmscale.evaluation.lm_eval_adapter`
@@ -13,8 +15,9 @@ before `lm_eval.simple_evaluate(model="dlmscale", ...)`). Offline, point lm-eval
 task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: {test: rows.jsonl}}`,
 passed as `--tasks path/to/task.yaml` or found with `--include_path DIR`.
 
-model_args: workdir; objective (default: the config's first); config, the experiment file
-(FILE[:ARG] as for --config), or without it the run's saved <workdir>/<objective>/config.json;
+model_args: workdir and objective (default: the config's first), or both at once as
+checkpoint=<workdir>/<objective>; config, the experiment file (FILE[:ARG] as for --config), or
+without it the run's saved <workdir>/<objective>/config.json;
 config_overrides ('train.lr=1e-3;data.seq_len=64': ';' between them since lm-eval splits
 model_args at commas); estimator, num_samples, cfg_scale (DLM likelihood, see scorer.py); seed;
 for DLM generation gen_length (0: the task's max_gen_toks), steps, block_length, remasking (see
@@ -191,12 +194,18 @@ class DlmscaleLM(LM):
 
   def __init__(self, config: str | None = None, workdir: str | None = None,
                objective: str | None = None, config_overrides: str | Mapping = "", *,
-               loaded: LoadedModel | None = None, estimator: str = "fixed_count",
-               num_samples: int = 128, cfg_scale: float = 0.0, batch_size=None, seed: int = 0,
+               checkpoint: str | None = None, loaded: LoadedModel | None = None,
+               estimator: str = "fixed_count", num_samples: int = 128, cfg_scale: float = 0.0,
+               batch_size=None, seed: int = 0,
                gen_length: int = 0, steps: int = 0, block_length: int = 0,
                remasking: str = "low_confidence", device=None, max_batch_size=None):
     super().__init__()
     del device, max_batch_size  # JAX places the model on every local device; no auto batch
+    if checkpoint:  # <workdir>/<objective>, as train writes it
+      if workdir or objective:
+        raise ConfigError("pass checkpoint=<workdir>/<objective> or workdir= and objective=, "
+                          "not both")
+      workdir, objective = os.path.split(os.path.normpath(str(checkpoint)))
     if loaded is None:
       if not workdir or not (config or objective):
         raise ConfigError("model_args need workdir=run_dir and config=path/to/experiment.py "
