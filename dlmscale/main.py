@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from dlmscale.config_files import add_project_root
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
@@ -51,27 +53,10 @@ def _config_path(argv) -> str | None:
   return None
 
 
-def _add_project_root(config_path: str | None) -> None:
-  """Experiments import the presets package `configs`: put the checkout holding it on sys.path,
-  so a config runs from any working directory."""
-  if not config_path:
-    return
-  here = os.path.dirname(os.path.abspath(config_path))
-  while True:
-    if os.path.isfile(os.path.join(here, "configs", "__init__.py")):
-      if here not in sys.path:
-        sys.path.insert(0, here)
-      return
-    parent = os.path.dirname(here)
-    if parent == here:
-      return
-    here = parent
-
-
 def _parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a traceback."""
   config_path = _config_path(argv)
-  _add_project_root(config_path)
+  add_project_root(config_path)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

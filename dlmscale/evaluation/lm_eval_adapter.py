@@ -39,6 +39,7 @@ import os
 import sys
 from typing import Any, Mapping
 
+from dlmscale.config_files import add_project_root
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.loaded import LoadedModel, load_model
 from dlmscale.evaluation.scorer import Scorer
@@ -66,7 +67,7 @@ def load_config(spec: str, overrides: str | Mapping[str, Any] = ""):
   path, _, arg = str(spec).partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} not found: pass config=path/to/experiment.py")
-  _add_project_root(path)
+  add_project_root(path)
   module_spec = importlib.util.spec_from_file_location("dlmscale_lm_eval_config", path)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -141,21 +142,6 @@ def _set_path(cfg, path: str, value) -> None:
   except (KeyError, AttributeError, TypeError) as e:
     raise ConfigError(f"config override {path}={value!r} does not fit the config ({e!r}): "
                       "override only existing keys, with values of their type") from e
-
-
-def _add_project_root(config_path: str) -> None:
-  """Experiment files import the presets package `configs`: put the checkout holding it on
-  sys.path (what dlmscale.main does for --config)."""
-  here = os.path.dirname(os.path.abspath(config_path))
-  while True:
-    if os.path.isfile(os.path.join(here, "configs", "__init__.py")):
-      if here not in sys.path:
-        sys.path.insert(0, here)
-      return
-    parent = os.path.dirname(here)
-    if parent == here:
-      return
-    here = parent
 
 
 # --- generation settings ------------------------------------------------------------------------
