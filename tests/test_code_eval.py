@@ -249,12 +249,16 @@ def test_evaluate_code_on_mbpp_and_bad_generators(mbpp):
 
 
 def test_code_config_checks_run_before_any_model_is_loaded(tmp_path):
-  # The default config samples greedily: ten identical samples would make pass@10 = pass@1.
+  # Greedy decoding (the default temperature 0): ten identical samples would make pass@10 =
+  # pass@1. The default config itself asks for one greedy sample and pass@1.
+  ten = {"code.num_samples": 10, "code.pass_at_k": (1, 10)}
+  assert check_code_config(tiny_config()) == (1,)
   with pytest.raises(ConfigError, match="samples would all be the same"):
-    code_command(tiny_config(), str(tmp_path))  # an empty workdir: loading would fail otherwise
-  cfg = tiny_config(**{"objectives": ("mdm",), "sample.remasking": "random"})
+    code_command(tiny_config(**ten), str(tmp_path))  # an empty workdir: loading would fail
+  cfg = tiny_config(**{"objectives": ("mdm",), "sample.remasking": "random", **ten})
   assert check_code_config(cfg) == (1, 10)  # random unmasking order gives distinct samples
-  cfg = tiny_config(**{"sample.temperature": 0.8, "code.pass_at_k": (1, 20)})
+  cfg = tiny_config(**{"sample.temperature": 0.8, "code.num_samples": 10,
+                       "code.pass_at_k": (1, 20)})
   with pytest.raises(ConfigError, match=r"pass_at_k=\(1, 20\) needs 1 <= k <= code.num_samples"):
     check_code_config(cfg)
   with pytest.raises(ConfigError, match="unknown code benchmark"):
