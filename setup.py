@@ -31,8 +31,10 @@ setup(
         "tensorboardX>=2.6.2,<3",
     ],
     extras_require={
-        # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies.
-        "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS],
+        # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies; lm_eval
+        # (~200 MB with its dependencies) so CI runs the lm-eval adapter's tests.
+        "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
+                 "lm_eval>=0.4.13,<0.5"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
@@ -41,5 +43,9 @@ setup(
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
     },
-    entry_points={"console_scripts": ["dlmscale=dlmscale.main:run"]},
+    entry_points={"console_scripts": [
+        "dlmscale=dlmscale.main:run",
+        # lm-eval with the `dlmscale` model registered (lm-eval has no plugin entry point).
+        "dlmscale-lm-eval=dlmscale.evaluation.lm_eval_adapter:main",
+    ]},
 )
