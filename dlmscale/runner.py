@@ -228,17 +228,20 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
         done = step + 1
         preempted = sigterm.raised  # read once: SIGTERM may land mid-step, after save_now
         save_now = done % cfg.train.checkpoint_every == 0 or done == end or preempted
-        if done % cfg.train.log_every == 0 or save_now:
+        e = cfg.eval
+        evaluate_now = is_eval_step(done, end, e.every, e.at_epochs, stream.epoch_at)
+        # Steps before an evaluation are logged first, so none is dropped and none is timed
+        # with the evaluation inside its window.
+        if done % cfg.train.log_every == 0 or save_now or evaluate_now:
           timed = len(pending) - (1 if done - len(pending) == start else 0)
           _log_window(exp, writer, pending, window_start, done, stream.num_steps, timed)
           pending, window_start = [], time.time()
         if save_now:
           _check_params_finite(state["params"], done, exp.objective)
           checkpointer.save(done, state, data_state(done))
-        e = cfg.eval
-        if is_eval_step(done, end, e.every, e.at_epochs, stream.epoch_at):
+        if evaluate_now:
           writer.write(done, _scalars(evaluate(exp, state["params"], done)), prefix="eval")
-          pending, window_start = [], time.time()  # evaluation time is not training time
+          window_start = time.time()  # evaluation time is not training time
         if preempted and done < end:
           checkpointer.wait()
           raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "

@@ -48,17 +48,18 @@ def test_bad_eval_config_is_one_line(overrides, message):
 def test_training_evaluates_on_schedule_and_logs_tasks_with_the_metrics(tmp_path):
   # 128 unique rows of 32 tokens, 16 rows per step: an epoch ends every 8 steps (16 in all).
   cfg = tiny_config(**{"objectives": ("mdm",), "data.unique_tokens": 128 * 32,
-                       "eval.every": 6, "eval.at_epochs": True, "eval.tasks": ("mmlu_anatomy",),
+                       "eval.every": 5, "eval.at_epochs": True, "eval.tasks": ("mmlu_anatomy",),
                        "eval.limit": 4, "eval.dlm_samples": 4, "eval.max_sequences": 8})
   [result] = train_all(cfg, str(tmp_path))
   records = [json.loads(line) for line in (tmp_path / "mdm" / "metrics.jsonl").read_text()
              .splitlines()]
   evals = {r["step"]: r for r in records if "eval/val_mean" in r}
-  assert sorted(evals) == [6, 8, 12, 16]  # every 6, the epoch end at 8, and the final one
+  assert sorted(evals) == [5, 8, 10, 15, 16]  # every 5, the epoch end at 8, and the final one
   for r in evals.values():
     assert 0 <= r["eval/mmlu_anatomy/acc"] <= 1 and r["eval/mmlu_anatomy/num_examples"] == 4
     assert math.isfinite(r["eval/mmlu_anatomy/nll_correct"]) and r["eval/val_mean"] > 0
-  # Training steps are all logged as before; evaluation adds records, never replaces them.
-  assert [r["step"] for r in records if "train/loss" in r] == list(range(2, 17, 2))
+  # Every log_every (2) steps and before each evaluation: the steps since the last log are
+  # written first, never dropped or timed with the evaluation.
+  assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 5, 6, 8, 10, 12, 14, 15, 16]
   assert result["tasks"]["mmlu_anatomy"]["num_examples"] == 4
   assert result["val_mean"] == evals[16]["eval/val_mean"]
