@@ -31,7 +31,9 @@ from dlmscale.models.model import Model, build_model
 log = logging.getLogger("dlmscale")
 # Keys that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.async_checkpointing", "train.peak_flops_per_device", "eval.batch_size")
+                     "train.async_checkpointing", "train.peak_flops_per_device")
+# Evaluation, generation and code-benchmark settings never touch the training state.
+RESUMABLE_SECTIONS = ("eval.", "sample.", "code.")
 
 
 class Preempted(Exception):
@@ -133,7 +135,8 @@ def _check_config_matches(workdir: str, cfg_json: str) -> None:
     old = _flatten(json.loads(f.read()))
   new = _flatten(json.loads(cfg_json))
   diff = sorted(k for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                and not k.startswith(RESUMABLE_SECTIONS))
   if diff:
     raise CheckpointError(f"{workdir} holds a run with a different config (differs at "
                           f"{', '.join(diff[:5])}): use a new --workdir or the original config")

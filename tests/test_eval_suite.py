@@ -63,3 +63,18 @@ def test_training_evaluates_on_schedule_and_logs_tasks_with_the_metrics(tmp_path
   assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 5, 6, 8, 10, 12, 14, 15, 16]
   assert result["tasks"]["mmlu_anatomy"]["num_examples"] == 4
   assert result["val_mean"] == evals[16]["eval/val_mean"]
+
+
+def test_a_run_resumes_with_other_evaluation_settings_but_not_other_training(tmp_path):
+  from dlmscale.errors import CheckpointError
+  from dlmscale.runner import build_experiment, run_training
+  cfg = tiny_config(**{"objectives": ("ar",)})
+  run_training(build_experiment(cfg, "ar"), str(tmp_path), stop_after=4)
+  changed = tiny_config(**{"objectives": ("ar",), "eval.every": 2, "eval.limit": 3,
+                           "eval.tasks": ("mmlu_anatomy",), "sample.max_new_tokens": 7,
+                           "code.limit": 5})
+  result = run_training(build_experiment(changed, "ar"), str(tmp_path), stop_after=6)
+  assert result["steps"] == 6
+  with pytest.raises(CheckpointError, match="train.lr"):
+    run_training(build_experiment(tiny_config(**{"objectives": ("ar",), "train.lr": 1e-4}), "ar"),
+                 str(tmp_path), stop_after=8)
