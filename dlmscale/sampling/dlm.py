@@ -110,11 +110,13 @@ def _dlm_loop(static_model, params, canvas_BxT, first_B, key, temperature, mask_
     k_noise, k_order = jax.random.split(jax.random.fold_in(key, step))
     logits_BxTxV, _ = model.apply(params, canvas_BxT, causal=False, lengths_B=visible_B)
     logits_BxTxV = ban(logits_BxTxV, banned_V)
-    gumbel_BxTxV = jax.random.gumbel(k_noise, logits_BxTxV.shape)
-    # argmax(logits + T * Gumbel) draws from softmax(logits / T); T = 0 is the plain argmax.
-    noisy_BxTxV = jnp.where(temperature > 0, logits_BxTxV + temperature * gumbel_BxTxV,
-                            logits_BxTxV)
-    predicted_BxT = jnp.argmax(noisy_BxTxV, axis=-1).astype(jnp.int32)
+    # argmax(logits + T * Gumbel) draws from softmax(logits / T); T = 0 is the plain argmax
+    # (a cond, not a where: greedy decoding never draws the B x T x V noise).
+    predicted_BxT = jax.lax.cond(
+        temperature > 0,
+        lambda: jnp.argmax(logits_BxTxV + temperature
+                           * jax.random.gumbel(k_noise, logits_BxTxV.shape), axis=-1),
+        lambda: jnp.argmax(logits_BxTxV, axis=-1)).astype(jnp.int32)
     if remasking == "low_confidence":
       chosen_BxT = jnp.take_along_axis(logits_BxTxV, predicted_BxT[..., None], axis=-1)[..., 0]
       score_BxT = jnp.exp(chosen_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1))
