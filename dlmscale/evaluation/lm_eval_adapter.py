@@ -49,7 +49,7 @@ try:
   from lm_eval.api.registry import register_model
 except ImportError as e:  # the adapter is an optional extra
   raise ImportError(f"the lm-eval adapter needs lm-evaluation-harness ({e}): "
-                    "pip install -e '.[lm_eval]'") from e
+                    "pip install 'dlmscale[lm_eval]'") from e
 
 MODEL_NAME = "dlmscale"
 DEFAULT_BATCH_SIZE = 32

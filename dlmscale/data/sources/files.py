@@ -32,6 +32,7 @@ from etils import epath
 from dlmscale.data.errors import DataError
 from dlmscale.data.sources.base import Document, SourceContext, decode_utf8, register
 from dlmscale.data.spec import Spec, take_options
+from dlmscale.optional import require
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "python")
 _DEFAULTS = {"format": "auto", "text_field": "text", "split": "none", "recursive": True}
@@ -238,10 +239,7 @@ def _jsonl(rel, path, fh, field: str, ctx) -> Iterator[tuple]:
 
 
 def _parquet(rel, path, field: str, ctx) -> Iterator[tuple]:
-  try:
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("files source: parquet needs pyarrow: pip install pyarrow") from None
+  pq = require("pyarrow.parquet", "parquet", f"reading the parquet file {rel}")
   if path.name.lower().endswith(_COMPRESSED):
     raise DataError(f"{path}: gzip-compressed parquet is not readable in a stream; decompress "
                     f"it (parquet compresses internally)")

@@ -20,6 +20,7 @@ from typing import Iterator
 from dlmscale.data.errors import DataError
 from dlmscale.data.sources.base import Document, SourceContext, decode_utf8, register
 from dlmscale.data.spec import Spec, take_options
+from dlmscale.optional import require
 
 _DEFAULTS = {"name": "", "split": "train", "text_field": "text", "revision": "",
              "data_files": ""}
@@ -27,12 +28,7 @@ _BATCH_ROWS = 1000
 
 
 def _import_datasets():
-  try:
-    import datasets  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("source kind hf needs Hugging Face datasets: pip install 'dlmscale[hf]'"
-                    ) from None
-  return datasets
+  return require("datasets", "hf", "source kind hf")
 
 
 def saved_kind(target: str) -> str | None:

