@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from dlmscale.corruption import (force_one_masked, mask_tokens, random_lengths, rate_mask,
+                                 sample_mask_times)
 from dlmscale.errors import ConfigError
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -91,7 +93,8 @@ def ar_input_mask(forward, params, batch, rng, cfg):
   """AR with input noise: a `rate` fraction of input tokens become the mask id; targets stay clean."""
   tokens = batch["tokens"]
   masked = jax.random.bernoulli(rng, cfg["rate"], tokens.shape)
-  logits, aux = forward(params, jnp.where(masked, cfg["mask_id"], tokens), causal=True)
+  logits, aux = forward(params, mask_tokens(tokens, masked, cfg["mask_id"]).inputs_BxL,
+                        causal=True)
   loss, metrics = _next_token_loss(logits, tokens, aux)
   return loss, dict(metrics, input_mask_fraction=masked.mean())
 
@@ -103,30 +106,6 @@ def ar_dropout(forward, params, batch, rng, cfg):
   logits, aux = forward(params, batch["tokens"], causal=True, dropout_rates=rates,
                         dropout_key=rng)
   return _next_token_loss(logits, batch["tokens"], aux)
-
-
-def sample_mask_times(rng, batch_size: int, eps: float, antithetic: bool):
-  """t ~ U(eps, 1) per sequence; antithetic: one uniform shifted over a B-point grid (low variance)."""
-  u = jax.random.uniform(rng, (batch_size,))
-  if antithetic:
-    u = jnp.mod(u[0] + jnp.arange(batch_size) / batch_size, 1.0)
-  return eps + (1.0 - eps) * u
-
-
-def _force_one_masked(rng, masked_BxL, valid_BxL):
-  """Masks one random valid position in every row that has no masked token."""
-  scores = jnp.where(valid_BxL, jax.random.uniform(rng, masked_BxL.shape), -1.0)
-  pick_BxL = jax.nn.one_hot(jnp.argmax(scores, axis=-1), masked_BxL.shape[1], dtype=bool)
-  empty_B = ~jnp.any(masked_BxL, axis=-1)
-  return masked_BxL | (pick_BxL & empty_B[:, None])
-
-
-def _random_lengths(rng, batch_size: int, seq_len: int, prob: float):
-  """With probability `prob` the whole batch is cut to one random length in [1, L]."""
-  k_cut, k_len = jax.random.split(rng)
-  cut = jax.random.bernoulli(k_cut, prob)
-  length = jnp.where(cut, jax.random.randint(k_len, (), 1, seq_len + 1), seq_len)
-  return jnp.full((batch_size,), length, jnp.int32)
 
 
 @register("mdm", kind="dlm", eps=1e-3, weighting="inv_t", antithetic=True, random_length_prob=0.0)
@@ -144,23 +123,23 @@ def mdm(forward, params, batch, rng, cfg):
   lengths_B = None
   valid_BxL = jnp.ones((b, l), bool)
   if cfg["random_length_prob"] > 0:
-    lengths_B = _random_lengths(k_len, b, l, cfg["random_length_prob"])
+    lengths_B = random_lengths(k_len, b, l, cfg["random_length_prob"])
     valid_BxL = jnp.arange(l)[None, :] < lengths_B[:, None]
-  masked_BxL = (jax.random.uniform(k_mask, (b, l)) < t_B[:, None]) & valid_BxL
-  if cfg["weighting"] == "inv_masked_fraction":
-    masked_BxL = _force_one_masked(k_force, masked_BxL, valid_BxL)
-  inputs = jnp.where(masked_BxL, cfg["mask_id"], tokens)
-  logits, aux = forward(params, inputs, causal=False, lengths_B=lengths_B)
-  ce_BxL = token_cross_entropy(logits, tokens) * masked_BxL
-  n_masked_B = masked_BxL.sum(-1)
+  masked_BxL = rate_mask(k_mask, t_B, (b, l), valid_BxL)
   if cfg["weighting"] == "inv_t":
-    per_seq_B = ce_BxL.sum(-1) / (t_B * valid_BxL.sum(-1))
+    weight_B = 1.0 / (t_B * valid_BxL.sum(-1))
   elif cfg["weighting"] == "inv_masked_fraction":
-    per_seq_B = ce_BxL.sum(-1) / jnp.maximum(n_masked_B, 1)
+    masked_BxL = force_one_masked(k_force, masked_BxL, valid_BxL)
+    weight_B = 1.0 / jnp.maximum(masked_BxL.sum(-1), 1)
   else:
     raise ConfigError(f"unknown mdm weighting {cfg['weighting']!r}: use 'inv_t' or "
                       "'inv_masked_fraction'")
-  loss = per_seq_B.mean()
+  c = mask_tokens(tokens, masked_BxL, cfg["mask_id"], weight_B)
+  logits, aux = forward(params, c.inputs_BxL, causal=False, lengths_B=lengths_B)
+  all_ce_BxL = token_cross_entropy(logits, tokens)
+  loss = (all_ce_BxL * c.weights_BxL).sum(-1).mean()
+  ce_BxL = all_ce_BxL * masked_BxL
+  n_masked_B = masked_BxL.sum(-1)
   correct = (jnp.argmax(logits, -1) == tokens) & masked_BxL
   metrics = {"elbo": loss, "masked_ce": ce_BxL.sum() / jnp.maximum(n_masked_B.sum(), 1),
              "accuracy": correct.sum() / jnp.maximum(n_masked_B.sum(), 1),

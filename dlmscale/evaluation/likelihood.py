@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dlmscale.corruption import mask_tokens
 from dlmscale.errors import ConfigError
 from dlmscale.objectives import token_cross_entropy
 
@@ -77,7 +78,7 @@ def masked_logprobs(model, params, tokens_BxL, masked_BxL, cont_start_B, lengths
   """Per-position log p(target) [B, L] with `masked_BxL` positions replaced by the mask id, and
   the argmax ids [B, L]."""
   context_BxL = jnp.arange(tokens_BxL.shape[1])[None] < cont_start_B[:, None]
-  inputs_BxL = jnp.where(masked_BxL, mask_id, tokens_BxL)
+  inputs_BxL = mask_tokens(tokens_BxL, masked_BxL, mask_id).inputs_BxL
   logits_BxLxV = guided_logits(model, params, inputs_BxL, context_BxL, lengths_B,
                                mask_id=mask_id, cfg_scale=cfg_scale)
   return -token_cross_entropy(logits_BxLxV, tokens_BxL), jnp.argmax(logits_BxLxV, axis=-1)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlmscale import parallel
+from dlmscale.corruption import mask_tokens, rate_mask, stratified_times
 from dlmscale.objectives import token_cross_entropy
 
 
@@ -29,11 +30,11 @@ def dlm_elbo_per_sequence(model, params, tokens_BxL, rng, *, num_samples: int, m
   u_B = jax.random.uniform(k_u, (b,))
 
   def one_sample(total_B, k):
-    t_B = eps + (1 - eps) * (k + u_B) / num_samples
-    masked = jax.random.uniform(jax.random.fold_in(k_mask, k), tokens_BxL.shape) < t_B[:, None]
-    logits, _ = model.apply(params, jnp.where(masked, mask_id, tokens_BxL), causal=False)
-    ce_B = (token_cross_entropy(logits, tokens_BxL) * masked).sum(-1)
-    return total_B + ce_B / t_B, None
+    t_B = stratified_times(u_B, k, num_samples, eps)
+    masked = rate_mask(jax.random.fold_in(k_mask, k), t_B, tokens_BxL.shape)
+    c = mask_tokens(tokens_BxL, masked, mask_id, 1.0 / t_B)
+    logits, _ = model.apply(params, c.inputs_BxL, causal=False)
+    return total_B + (token_cross_entropy(logits, tokens_BxL) * c.weights_BxL).sum(-1), None
 
   total_B, _ = jax.lax.scan(one_sample, jnp.zeros((b,), jnp.float32), jnp.arange(num_samples))
   return total_B / num_samples
