@@ -48,6 +48,6 @@ setup(
     entry_points={"console_scripts": [
         "dlmscale=dlmscale.main:run",
         # lm-eval with the `dlmscale` model registered (lm-eval has no plugin entry point).
-        "dlmscale-lm-eval=dlmscale.evaluation.lm_eval_adapter:main",
+        "dlmscale-lm-eval=dlmscale.lm_eval_adapter:main",
     ]},
 )

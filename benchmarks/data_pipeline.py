@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 
-from dlmscale import parallel, runner, train  # noqa: E402
+from dlmscale import experiment, parallel, train  # noqa: E402
 from dlmscale.data import ensure_prepared, prepare  # noqa: E402
 from train_step_throughput import time_steps  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -203,7 +203,7 @@ def main() -> None:
       # batch read from the ArrayRecord shards, as for corpora larger than that.
       cfg_r = copy.deepcopy(cfg)
       cfg_r.data.in_memory_mb = cfg.data.in_memory_mb if read == "memory" else 0
-      stream = runner.make_stream(cfg_r, data)
+      stream = experiment.make_stream(cfg_r, data)
       for workers in (0, 2):
         r = time_pipeline(stream, workers, steps, args.prefetch)
         r.update(setting=label, read=read, workers=workers, batches=steps)
@@ -213,7 +213,7 @@ def main() -> None:
   # 2. Train step of the tiny config, then the real loop against a constant batch.
   steps_out, loops = [], []
   for objective in args.objectives.split(","):
-    exp = runner.build_experiment(tiny_cfg, objective)
+    exp = experiment.build_experiment(tiny_cfg, objective)
     step_tps = time_step(exp, args.step_steps)
     steps_out.append({"objective": objective, "tokens_per_s": step_tps})
     if objective == args.objectives.split(",")[0]:

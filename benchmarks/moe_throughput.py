@@ -22,7 +22,7 @@ import jax  # noqa: E402
 
 from configs import models  # noqa: E402
 from dlmscale import config as config_lib  # noqa: E402
-from dlmscale import runner  # noqa: E402
+from dlmscale import experiment  # noqa: E402
 from train_step_throughput import time_steps  # noqa: E402  (this directory is sys.path[0])
 
 # name: model overrides on top of the tiny preset (d_model 64, 2 layers, d_ff 192).
@@ -59,7 +59,7 @@ def main() -> None:
       cfg.data.update(seq_len=args.seq_len, unique_tokens=args.seq_len * args.batch * 50,
                       total_tokens=args.seq_len * args.batch * (args.steps + 10))
       cfg.train.global_batch = args.batch
-      exp = runner.build_experiment(cfg, name)
+      exp = experiment.build_experiment(cfg, name)
       tps = time_steps(exp, args.steps)
       dense_tps = dense_tps or (tps if case == "dense" else None)
       counts = exp.model.param_counts()

@@ -19,7 +19,7 @@ import jax  # noqa: E402
 
 from configs import models  # noqa: E402
 from dlmscale import config as config_lib  # noqa: E402
-from dlmscale import parallel, runner, train  # noqa: E402
+from dlmscale import experiment, parallel, train  # noqa: E402
 
 
 def time_steps(exp, steps: int) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
     cfg.data.update(seq_len=args.seq_len, unique_tokens=args.seq_len * args.batch * 50,
                     total_tokens=args.seq_len * args.batch * (args.steps + 10))
     cfg.train.global_batch = args.batch
-    exp = runner.build_experiment(cfg, name)
+    exp = experiment.build_experiment(cfg, name)
     step_tps = time_steps(exp, args.steps)
     pipe_tps = time_pipeline(exp.stream, args.steps)
     gflops = step_tps * exp.flops_per_token / 1e9

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from dlmscale import config as config_lib
-from dlmscale import flops, objectives, optim, parallel, train
+from dlmscale import flops, parallel
 from dlmscale.errors import DlmscaleError
-from dlmscale.models.model import build_model
+from dlmscale.experiment import abstract_state, build_step, tokenizer_ids
 
 
 class CompileError(DlmscaleError):
@@ -115,23 +115,6 @@ def topology_devices(topology: Topology) -> list:
   return list(devices)
 
 
-def _vocab_and_mask(cfg) -> tuple[int, int]:
-  """The tokenizer's size and mask id without preparing the corpus; a trained or missing tokenizer
-  falls back on model.vocab_size (the mask id then only names a constant in the program)."""
-  from dlmscale.data.tokenizers import get_tokenizer, needs_training
-  spec = cfg.data.tokenizer
-  try:
-    if not needs_training(spec):
-      tok = get_tokenizer(spec)
-      return int(tok.vocab_size), int(tok.mask_id)
-  except Exception:  # e.g. a tokenizer file only on the training machine
-    pass
-  if not cfg.model.vocab_size:
-    raise CompileError(f"tokenizer {spec!r} is not available before preparation: set "
-                       "model.vocab_size to compile without data")
-  return int(cfg.model.vocab_size), int(cfg.model.vocab_size) - 1
-
-
 def _knobs(cfg, batch_per_chip: float) -> str:
   t, m = cfg.train, cfg.model
   return (f"lower the batch per chip ({batch_per_chip:g} sequences: train.global_batch="
@@ -148,38 +131,24 @@ def compile_for_topology(cfg, objective: str, topology: str | Topology, *,
   config_lib.validate(cfg)
   topo = topology if isinstance(topology, Topology) else get_topology(topology)
   devices = topology_devices(topo)
-  vocab, mask_id = _vocab_and_mask(cfg)
+  vocab, mask_id = tokenizer_ids(cfg)
   t, d = cfg.train, cfg.data
   mesh = parallel.make_mesh(dict(cfg.mesh), devices)
-  rules = tuple(cfg.rules)
-  dp = parallel.data_parallel_size(mesh, rules)
-  micro = t.global_batch // t.grad_accum
-  if micro % dp:
-    raise config_lib.ConfigError(
-        f"batch per microbatch {micro} (train.global_batch / train.grad_accum) is not divisible "
-        f"by the {dp} data-parallel chips of mesh {dict(mesh.shape)}: change the batch or mesh")
-  # The same pieces runner.build_experiment wires, minus the token stream.
+  # The step training would run, minus the token stream (its length comes from the budget).
   num_steps = max(1, d.total_tokens // (t.global_batch * d.seq_len))
-  model = build_model(config_lib.model_config(cfg, vocab))
-  optimizer = optim.make_optimizer(t, num_steps, model.logical_axes)
-  schedule = optim.make_schedule(t, num_steps)
-  shardings = train.state_shardings(model, optimizer, mesh, rules)
-  args = objectives.resolve_args(objective, cfg.objective_args.get(objective), mask_id)
-  loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
-  step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=t.grad_accum,
-                               microbatch_sharding=train.microbatch_sharding(mesh, rules),
-                               rules=rules)
-  b_sh = parallel.batch_sharding(mesh, rules)
-  step_fn = train.compile_step(step, shardings, b_sh)
+  built = build_step(cfg, objective, mesh, vocab_size=vocab, mask_id=mask_id, num_steps=num_steps)
+  model, shardings, b_sh = built.model, built.shardings, built.batch_sharding
+  micro = t.global_batch // t.grad_accum
+  dp = parallel.data_parallel_size(mesh, tuple(cfg.rules))
 
-  abstract = jax.eval_shape(lambda: train.init_state(model, optimizer, cfg.seed))
+  abstract = abstract_state(built, cfg.seed)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        abstract, shardings)
   batch = jax.ShapeDtypeStruct((t.global_batch, d.seq_len), jnp.int32, sharding=b_sh)
   batch_per_chip = micro / dp
   start = time.time()
   try:
-    compiled = step_fn.lower(state, batch).compile()
+    compiled = built.step_fn.lower(state, batch).compile()
   except jax.errors.JaxRuntimeError as e:
     text = " ".join(str(e).split())
     if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():

@@ -1,4 +1,8 @@
-"""The config schema: defaults every experiment starts from, and validation with one-line errors."""
+"""The config schema: defaults every experiment starts from, and validation with one-line errors.
+
+It sits above the components whose settings it checks (objectives, models, parallel, evaluation),
+none of which imports it.
+"""
 from __future__ import annotations
 
 import difflib
@@ -9,6 +13,7 @@ import numpy as np
 
 from dlmscale import objectives
 from dlmscale.errors import ConfigError
+from dlmscale.evaluation.suite import check_eval_config
 from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig, moe_config_problem
 from dlmscale.parallel import DEFAULT_RULES
 
@@ -136,7 +141,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
   if not 0 <= t.decay_fraction <= 1:
     raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
-  from dlmscale.evaluation.suite import check_eval_config  # evaluation imports this module
   check_eval_config(cfg)
 
 
@@ -156,6 +160,23 @@ def model_config(cfg, tokenizer_vocab: int) -> ModelConfig:
     raise ConfigError(f"model.vocab_size={m['vocab_size']} is smaller than the tokenizer's "
                       f"{tokenizer_vocab} ids: raise it or set it to 0 (automatic)")
   return ModelConfig(**m)
+
+
+def changed_keys(old: dict, new: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+  """Dotted keys whose values differ between two plain (JSON) configs, except those equal to or
+  under an `allowed` entry ('train.log_every', or a section prefix such as 'eval.')."""
+  old, new = _flatten(old), _flatten(new)
+  ok = lambda k: any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not ok(k))
+
+
+def _flatten(tree, prefix="") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, f"{prefix}{k}."))
+  return out
 
 
 def to_json(cfg) -> str:

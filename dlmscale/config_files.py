@@ -1,8 +1,17 @@
-"""Experiment files on disk: they import the presets package `configs` of their checkout."""
+"""Config files on disk: experiment files (`get_config(arg)`) and the JSON a run saves.
+
+Experiment files import the presets package `configs` of their checkout; a run's
+<workdir>/<objective>/config.json (or `--mode=config`'s output) reads back as the same config.
+"""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
+
+from dlmscale.config import default_config
+from dlmscale.errors import ConfigError
 
 
 def add_project_root(config_path: str | None) -> None:
@@ -20,3 +29,65 @@ def add_project_root(config_path: str | None) -> None:
     if parent == here:
       return
     here = parent
+
+
+def load_module(path: str, name: str = "dlmscale_config_file"):
+  """An experiment or study file as a module; ConfigError when it is missing or fails to load."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found: pass an existing experiments/<name>.py")
+  add_project_root(path)
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except (ImportError, SyntaxError, NameError) as e:
+    raise ConfigError(f"config file {path!r} failed to load ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())}): fix it or keep it inside the checkout holding "
+                      "configs/") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config(): add one")
+  return module
+
+
+def load_config(spec: str):
+  """The config of 'FILE[:ARG]' as --config loads it: FILE.json is a saved config, FILE.py's
+  get_config(ARG) (get_config() without ARG) anything else."""
+  path, _, arg = str(spec).partition(":")
+  if path.endswith(".json"):
+    return saved_config(path)
+  module = load_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def saved_config(path: str):
+  """A config saved as JSON (a run's config.json, --mode=config's output) over the defaults."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path} not found: pass a run's <workdir>/<objective>/config.json or the "
+                      "output of --mode=config")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} is not a readable JSON config ({e}): pass a run's config.json")
+  cfg = default_config()
+  cfg.update(_tuples(saved))  # JSON turned the config's tuples into lists
+  return cfg
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def run_config_path(workdir: str) -> str | None:
+  """The saved config.json of the first objective trained in `workdir`, if any."""
+  if not os.path.isdir(workdir):
+    return None
+  for name in sorted(os.listdir(workdir)):
+    path = os.path.join(workdir, name, "config.json")
+    if os.path.isfile(path):
+      return path
+  return None

@@ -37,10 +37,11 @@ def matmul_params(cfg: ModelConfig) -> int:
           + cfg.d_model * cfg.vocab_size)
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """6 N (forward + backward matmuls) plus attention scores and values over the full sequence."""
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, causal: bool = False) -> float:
+  """6 N (forward + backward matmuls) plus attention scores and values: over the full sequence
+  (bidirectional, a DLM), or half of it when `causal` (an AR model's mask skips the upper half)."""
   attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-  return 6.0 * matmul_params(cfg) + attention
+  return 6.0 * matmul_params(cfg) + (attention / 2 if causal else attention)
 
 
 def peak_flops_per_device(override: float = 0.0) -> float | None:

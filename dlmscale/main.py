@@ -1,11 +1,9 @@
-"""CLI: python -m dlmscale.main --config=FILE[:arg] [--workdir=DIR] [--mode=MODE].
+"""CLI: python -m dlmscale.main --config=FILE[:ARGS] [--workdir=DIR] [--mode=MODE].
 
-Modes: train (every objective, then validate), eval (validate checkpoints and score eval.tasks),
-sample (generate from sample.prompts), code (HumanEval/MBPP pass@k in a sandbox), prepare (tokenize
-and pack the corpus once), fingerprint (print the token-stream hash without training), compile
-(compile the sharded train step for --topology=v5p-64 with libtpu on this host: per-chip memory
-and FLOPs).
+Parses flags and hands them to one function of dlmscale.modes (whose docstring lists the modes).
 The console script also takes the mode as a subcommand: `dlmscale prepare --config=...`.
+--config=FILE.json reads a saved config (a run's config.json, --mode=config's output); in eval,
+sample and code modes --config may be left out: the run's own saved config is used.
 """
 from __future__ import annotations
 
@@ -17,26 +15,43 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dlmscale.config_files import add_project_root
+from dlmscale import config_files
+
+MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile", "config",
+         "sweep", "plan")
+_WORKDIR_MODES = ("train", "eval", "sample", "code", "sweep")
+_SAVED_CONFIG_MODES = ("eval", "sample", "code")
+_JSON_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config.py")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile")
-_CHECKPOINT_MODES = ("train", "eval", "sample", "code")
-_MODE = flags.DEFINE_enum("mode", "train", list(MODES),
-                          "train: train every objective and validate; eval: validate checkpoints "
-                          "and score eval.tasks; sample: generate from sample.prompts; code: "
-                          "pass@k on code.benchmark; "
-                          "prepare: prepare the corpus; fingerprint: print the stream hash; "
-                          "compile: compile the train step for --topology (no TPU, no data).")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice for --mode=compile, e.g. v5p-64.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (a sweep's: one sub-directory "
+                               "per run).")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do; see dlmscale/modes.py.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile / plan: a TPU slice, e.g. v5p-64; "
+                                "plan also takes GPUs, e.g. 8xH100.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", None, "e.g. 'gloo' for multi-process CPU.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job whose peers jax finds "
-                               "itself (Cloud TPU slices, Slurm, Open MPI): launch/tpu_vm.sh.")
+                               "itself (Cloud TPU slices, Slurm, Open MPI).")
+# Studies: sweep and plan.
+_STUDY = flags.DEFINE_string("study", None, "sweep / plan: a study file, e.g. "
+                             "experiments/crossover.py.")
+_SCALE = flags.DEFINE_string("scale", None, "sweep / plan: the study's scale (cpu, gpu, paper).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print each run's command, workdir and "
+                             "token budget; launch nothing.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu_vm", "xpk"],
+                              "sweep: run locally, or generate Cloud TPU VM / xpk commands.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time.")
+_YES = flags.DEFINE_bool("yes", False, "sweep: run the generated cloud commands.")
+_LAUNCH_OPTIONS = flags.DEFINE_multi_string(
+    "launch", [], "sweep: a launcher option key=value (repeatable), e.g. --launch=project=my-proj "
+    "--launch=zone=us-east5-a; see dlmscale/launchers.py.")
+_MFU = flags.DEFINE_float("mfu", 0.4, "plan: the model FLOPs utilisation chip-hours assume.")
+_PLAN_COMPILE = flags.DEFINE_bool("compile", False, "plan: also compile each run for --topology "
+                                  "(per-chip memory; needs libtpu).")
 
 
 def _fail(message: str) -> None:
@@ -44,23 +59,51 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _config_path(argv) -> str | None:
+def _flag_value(argv, name: str) -> str | None:
   for i, arg in enumerate(argv):
-    if arg.startswith(("--config=", "-config=")):
-      return arg.split("=", 1)[1].split(":", 1)[0]
-    if arg in ("--config", "-config") and i + 1 < len(argv):
-      return argv[i + 1].split(":", 1)[0]
+    if arg.startswith((f"--{name}=", f"-{name}=")):
+      return arg.split("=", 1)[1]
+    if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+      return argv[i + 1]
   return None
+
+
+def _with_config_file(argv: list[str]) -> list[str]:
+  """A saved JSON config becomes json_config.py:PATH; eval/sample/code without --config read the
+  run's own saved config."""
+  spec = _flag_value(argv, "config")
+  if spec is None:
+    workdir = _flag_value(argv, "workdir")
+    if _flag_value(argv, "mode") in _SAVED_CONFIG_MODES and workdir:
+      saved = config_files.run_config_path(workdir)
+      if saved is None:
+        _fail(f"no saved config in {workdir}/<objective>/config.json: pass --config, or point "
+              "--workdir at a trained run")
+      # Before any --config.* override: absl defines those flags when it reads --config.
+      return [argv[0], f"--config={_JSON_CONFIG_FILE}:{saved}", *argv[1:]]
+    return argv
+  if spec.split(":", 1)[0].endswith(".json"):
+    json_path = spec.split(":", 1)[0]
+    return [f"--config={_JSON_CONFIG_FILE}:{json_path}" if a.startswith(("--config=", "-config="))
+            else a for a in argv]
+  return argv
 
 
 def _parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a traceback."""
-  config_path = _config_path(argv)
-  add_project_root(config_path)
+  from dlmscale.errors import DlmscaleError
+  argv = _with_config_file(argv)
+  config_path = (_flag_value(argv, "config") or "").split(":", 1)[0] or None
+  config_files.add_project_root(config_path)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(" ".join(str(e).split()))
+  except DlmscaleError as e:  # e.g. a study's get_config(arg) naming its valid arguments
+    _fail(str(e))
+  except TypeError as e:
+    _fail(f"config file {config_path!r} could not take the argument after ':' ({e}): pass "
+          "FILE without ':...' or give get_config an argument")
   except (ImportError, SyntaxError, NameError) as e:
     _fail(f"config file {config_path!r} failed to load ({type(e).__name__}: "
           f"{' '.join(str(e).split())}): fix the file or run from the checkout holding configs/")
@@ -78,76 +121,44 @@ def _parse_flags(argv):
           "dlmscale.config.default_config()")
 
 
+def _config_spec() -> str | None:
+  """--config as given (FILE[:ARGS]), or None."""
+  if _CONFIG.value is None:
+    return None
+  return config_flags.get_config_filename(flags.FLAGS["config"])
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
-  if _CONFIG.value is None:
+  mode = _MODE.value
+  spec = _config_spec()
+  if spec is None and mode not in ("sweep", "plan"):
     _fail("--config is required, e.g. --config=experiments/quickstart.py")
-  config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
-  if not os.path.isfile(config_file):
-    _fail(f"config file {config_file!r} not found: pass --config=path/to/experiment.py")
-  if not _WORKDIR.value and _MODE.value in _CHECKPOINT_MODES:
-    _fail(f"--workdir is required for --mode={_MODE.value}, e.g. --workdir=runs/quickstart")
-  if _MODE.value == "compile":
-    _compile(_CONFIG.value, _TOPOLOGY.value)
-    return
+  if spec is not None and not os.path.isfile(spec.split(":", 1)[0]):
+    _fail(f"config file {spec.split(':', 1)[0]!r} not found: pass --config=path/to/experiment.py")
+  if not _WORKDIR.value and mode in _WORKDIR_MODES:
+    _fail(f"--workdir is required for --mode={mode}, e.g. --workdir=runs/quickstart")
   # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from dlmscale import commands, experiment  # after flag parsing: keeps --help fast
+  from dlmscale import modes  # after flag parsing: keeps --help fast
   from dlmscale.errors import DlmscaleError
-  from dlmscale.data import DataError
-  from dlmscale.parallel import maybe_initialize_distributed
+  from dlmscale.runner import Preempted
   try:
-    maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                 _CPU_COLLECTIVES.value, auto=_MULTIHOST.value)
-    if _MODE.value == "train":
-      experiment.train_all(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "eval":
-      experiment.evaluate_all(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "sample":
-      from dlmscale.sampling import sample_command
-      sample_command(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "code":
-      from dlmscale.evaluation.code import code_command
-      commands.print_json(code_command(_CONFIG.value, _WORKDIR.value))
-    elif _MODE.value == "prepare":
-      commands.print_json(commands.prepare_corpus(_CONFIG.value))
-    else:
-      commands.print_json(commands.stream_identity(_CONFIG.value))
-  except experiment.Preempted as e:
+    modes.run(mode, modes.Options(
+        cfg=_CONFIG.value, config_spec=spec, workdir=_WORKDIR.value, topology=_TOPOLOGY.value,
+        study=_STUDY.value, scale=_SCALE.value, dry_run=_DRY_RUN.value, launcher=_LAUNCHER.value,
+        parallel=_PARALLEL.value, yes=_YES.value, launch_options=tuple(_LAUNCH_OPTIONS.value),
+        mfu=_MFU.value, compile=_PLAN_COMPILE.value,
+        distributed=(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                     _CPU_COLLECTIVES.value, _MULTIHOST.value)))
+  except Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(143)
-  except (DlmscaleError, DataError) as e:
-    _fail(str(e))
-
-
-def _compile(cfg, topology: str | None) -> None:
-  """--mode=compile: every objective's step compiled for the slice; a table, then JSON."""
-  if not topology:
-    _fail("--topology is required for --mode=compile, e.g. --topology=v5p-64")
-  # The compile-only devices come from libtpu directly; a TPU backend is neither needed nor
-  # wanted (on a CPU host it would only print warnings while failing to start).
-  if not os.environ.get("JAX_PLATFORMS"):
-    import jax
-    jax.config.update("jax_platforms", "cpu")
-  from dlmscale import commands, compile as compile_lib, config as config_lib
-  from dlmscale.errors import DlmscaleError
-  reports = []
-  try:
-    for objective in config_lib.objective_names(cfg):
-      try:
-        reports.append(compile_lib.compile_for_topology(cfg, objective, topology))
-      except compile_lib.DoesNotFitError as e:
-        if e.report:
-          reports.append(e.report)
-          print(compile_lib.format_table(reports), flush=True)
-        raise
   except DlmscaleError as e:
     _fail(str(e))
-  print(compile_lib.format_table(reports), flush=True)
-  commands.print_json(reports)
 
 
 def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:

@@ -1,11 +1,11 @@
-"""The training run: wires data, model, mesh, step, checkpoints and metrics (the side-effect edge).
+"""The training run of an assembled experiment: steps, checkpoints, metrics, evaluation (the
+side-effect edge).
 
 A run trains one objective into its own workdir. Started again in the same workdir it resumes from
 the latest checkpoint and ends bitwise equal to a run that was never interrupted.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -19,14 +19,13 @@ import numpy as np
 
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
-from dlmscale import flops, objectives, optim, parallel, train
-from dlmscale.data import TokenStream, ensure_prepared, validation_subset
+from dlmscale import flops, objectives, parallel, train
+from dlmscale.data import validation_subset
 from dlmscale.errors import CheckpointError, NonFiniteLossError
-from dlmscale.evaluation.loaded import from_experiment
 from dlmscale.evaluation.suite import flat_task_metrics, is_eval_step, score_tasks, task_list
 from dlmscale.evaluation.validation import evaluate_validation
+from dlmscale.experiment import Experiment, abstract_state, loaded_model
 from dlmscale.metrics import MetricsWriter, progress_line
-from dlmscale.models.model import Model, build_model
 
 log = logging.getLogger("dlmscale")
 # Keys that may change between a run and its resumption without changing its result.
@@ -62,66 +61,6 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-@dataclasses.dataclass
-class Experiment:
-  """Everything a run of one objective needs, built from the config without side effects."""
-  cfg: object
-  objective: str
-  model: Model
-  stream: TokenStream
-  corpus: object
-  mesh: object
-  optimizer: object
-  schedule: object
-  shardings: dict
-  batch_sharding: object
-  step_fn: object
-  flops_per_token: float
-
-
-def make_stream(cfg, prepared, local_rows: tuple[int, int] | None = None) -> TokenStream:
-  """The config's token stream; depends on the data config and global batch, nothing else."""
-  d = cfg.data
-  train = prepared.train
-  if train.nbytes <= d.in_memory_mb * 2**20:
-    # Read once: a batch is then a microsecond gather instead of milliseconds of record reads,
-    # which on small models is the difference between hiding the pipeline and waiting on it.
-    train = train.to_numpy()
-  return TokenStream(train, unique_tokens=d.unique_tokens, total_tokens=d.total_tokens,
-                     global_batch=cfg.train.global_batch, seed=d.seed, local_rows=local_rows)
-
-
-def build_experiment(cfg, objective: str, devices=None) -> Experiment:
-  config_lib.validate(cfg)
-  d = cfg.data
-  corpus = ensure_prepared(d)
-  tok = corpus.tokenizer
-  mesh = parallel.make_mesh(dict(cfg.mesh), devices)
-  rules = tuple(cfg.rules)
-  dp = parallel.data_parallel_size(mesh, rules)
-  micro = cfg.train.global_batch // cfg.train.grad_accum
-  if micro % dp:
-    raise config_lib.ConfigError(
-        f"batch per microbatch {micro} (train.global_batch / train.grad_accum) is not divisible "
-        f"by the {dp} data-parallel devices of mesh {dict(mesh.shape)}: change the batch or mesh")
-  b_sh = parallel.batch_sharding(mesh, rules)
-  stream = make_stream(cfg, corpus, parallel.process_batch_rows(b_sh, cfg.train.global_batch,
-                                                                d.seq_len))
-  model = build_model(config_lib.model_config(cfg, tok.vocab_size))
-  optimizer = optim.make_optimizer(cfg.train, stream.num_steps, model.logical_axes)
-  schedule = optim.make_schedule(cfg.train, stream.num_steps)
-  shardings = train.state_shardings(model, optimizer, mesh, rules)
-  args = objectives.resolve_args(objective, cfg.objective_args.get(objective), tok.mask_id)
-  loss_fn = train.make_loss_fn(model, objectives.get(objective), args)
-  step = train.make_train_step(loss_fn, optimizer, schedule, grad_accum=cfg.train.grad_accum,
-                               microbatch_sharding=train.microbatch_sharding(mesh, rules),
-                               rules=rules)
-  return Experiment(cfg=cfg, objective=objective, model=model, stream=stream, corpus=corpus,
-                    mesh=mesh, optimizer=optimizer, schedule=schedule, shardings=shardings,
-                    batch_sharding=b_sh, step_fn=train.compile_step(step, shardings, b_sh),
-                    flops_per_token=flops.train_flops_per_token(model.cfg, d.seq_len))
-
-
 def _check_config_matches(workdir: str, cfg_json: str) -> None:
   """A workdir belongs to one config; resuming it with another would silently mix two runs."""
   path = os.path.join(workdir, "config.json")
@@ -132,27 +71,15 @@ def _check_config_matches(workdir: str, cfg_json: str) -> None:
     os.replace(tmp, path)
     return
   with open(path) as f:
-    old = _flatten(json.loads(f.read()))
-  new = _flatten(json.loads(cfg_json))
-  diff = sorted(k for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-                and not k.startswith(RESUMABLE_SECTIONS))
+    diff = config_lib.changed_keys(json.loads(f.read()), json.loads(cfg_json),
+                                   allowed=RESUMABLE_CHANGES + RESUMABLE_SECTIONS)
   if diff:
     raise CheckpointError(f"{workdir} holds a run with a different config (differs at "
                           f"{', '.join(diff[:5])}): use a new --workdir or the original config")
 
 
-def _flatten(tree, prefix="") -> dict:
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flatten(v, f"{prefix}{k}."))
-  return out
-
-
 def _restore_or_init(exp: Experiment, checkpointer):
-  abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, exp.cfg.seed))
+  abstract = abstract_state(exp, exp.cfg.seed)
   latest = checkpointer.latest_step()
   if latest is None:
     return train.create_state(exp.model, exp.optimizer, exp.cfg.seed, exp.shardings), 0
@@ -283,7 +210,7 @@ def evaluate(exp: Experiment, params, step: int) -> dict:
   """Validation plus, under 'tasks', the configured benchmark results (eval.tasks)."""
   out = validate(exp, params)
   if task_list(exp.cfg.eval.tasks):
-    out["tasks"] = score_tasks(from_experiment(exp, params, step), exp.cfg)
+    out["tasks"] = score_tasks(loaded_model(exp, params, step), exp.cfg)
   return out
 
 
@@ -292,22 +219,3 @@ def _scalars(result: dict) -> dict:
   out = {k: result[k] for k in ("val_mean", "val_stderr")}
   out.update(flat_task_metrics(result.get("tasks", {})))
   return out
-
-
-def restore_params(exp: Experiment, workdir: str):
-  """The parameters of the latest checkpoint in `workdir` (for evaluation)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"no checkpoint in {workdir}: train first, or point --workdir at a run")
-  checkpointer = ckpt_lib.Checkpointer(directory, keep=exp.cfg.train.keep_checkpoints,
-                                       async_save=False)
-  try:
-    latest = checkpointer.latest_step()
-    if latest is None:
-      raise CheckpointError(f"no checkpoint in {directory}: train first, or point --workdir at a "
-                            "run")
-    abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, exp.cfg.seed))
-    state, _ = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.shardings, abstract))
-    return state["params"], latest
-  finally:
-    checkpointer.close()

@@ -18,7 +18,7 @@ import dlmscale
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules that exist only to plug into an optional package; importing one without it must fail
 # with a one-line ImportError naming the extra.
-EXTRA_ONLY = {"dlmscale.evaluation.lm_eval_adapter": "lm_eval"}
+EXTRA_ONLY = {"dlmscale.lm_eval_adapter": "lm_eval"}
 
 _CHILD = r"""
 import importlib, importlib.abc, json, sys

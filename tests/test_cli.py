@@ -240,3 +240,62 @@ def test_eval_of_a_trained_workdir(trained, tmp_path):
                             for e in task["examples"]) / 8
   assert "| mmlu_anatomy | 8 | 0 |" in proc.stdout
   assert tree_digest(workdir / "ar") == before
+
+
+# ---- eval / sample / code read the run's own config ----------------------------------------
+
+def run_bare(env, *args) -> subprocess.CompletedProcess:
+  """`python -m dlmscale.main ARGS` with nothing added (no --config unless given)."""
+  return subprocess.run([sys.executable, "-m", "dlmscale.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def test_eval_without_config_uses_the_runs_saved_config(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  proc = run_bare(trained[0], "--mode=eval", f"--workdir={workdir}", "--config.eval.max_sequences=8")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  trained_result = json.loads((workdir / "results.json").read_text())[0]
+  eval_result = json.loads((workdir / "eval.json").read_text())[0]
+  assert (eval_result["steps"], eval_result["tokens_seen"], eval_result["epochs"]) == (
+      trained_result["steps"], trained_result["tokens_seen"], trained_result["epochs"])
+  assert eval_result["val_sequences"] == 8  # the eval.* override applied over the saved config
+
+
+def test_eval_refuses_a_config_that_changes_the_run(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  before = tree_digest(workdir)
+  proc = run_cli(trained[0], workdir, "--mode=eval", "--config.data.seq_len=64")
+  assert_user_error(proc, "data.seq_len", str(workdir / "ar" / "config.json"), "eval.*")
+  assert tree_digest(workdir) == before  # nothing prepared into or written to the run
+
+
+def test_the_saved_config_json_is_a_config_file(trained, tmp_path):
+  """A run's config.json passes back as --config (JSON false/true/null and lists read back)."""
+  workdir = copy_of(trained, tmp_path)
+  saved = workdir / "ar" / "config.json"
+  proc = run_bare(trained[0], "--mode=sample", f"--config={saved}", f"--workdir={workdir}",
+                  "--config.sample.max_new_tokens=4", "--config.objectives=ar")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "[ar] ar checkpoint step 16" in proc.stdout
+
+
+def test_config_mode_prints_json_that_reads_back_identically(trained, tmp_path):
+  env = trained[0]
+  first = run_bare(env, "--mode=config", f"--config={TINY}", "--config.train.lr=0.002",
+                   "--config.objectives=mdm")
+  assert first.returncode == 0, first.stderr[-3000:]
+  resolved = json.loads(first.stdout)
+  assert resolved["train"]["lr"] == 0.002 and resolved["objectives"] == ["mdm"]
+  path = tmp_path / "resolved.json"
+  path.write_text(first.stdout)
+  second = run_bare(env, "--mode=config", f"--config={path}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert json.loads(second.stdout) == resolved
+
+
+def test_config_file_argument_errors_are_one_line(trained):
+  env = trained[0]
+  proc = run_bare(env, "--mode=config", "--config=experiments/quickstart.py:1b")
+  assert_user_error(proc, "quickstart")
+  proc = run_bare(env, "--mode=eval", f"--workdir={REPO / 'tests'}")
+  assert_user_error(proc, "no saved config", "--config")

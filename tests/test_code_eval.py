@@ -21,8 +21,14 @@ from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import (evaluate_code, humaneval_problems, load_problems,
                                       mbpp_problems, pass_at_k, run_program, run_programs,
                                       summarize, truncate_completion)
-from dlmscale.evaluation.code.harness import check_code_config, code_command
+from dlmscale.config import objective_names
+from dlmscale.evaluation.code.harness import check_code_config as _check_code_config
+from dlmscale.modes import code as code_command
 from dlmscale.evaluation.code.problems import HUMANEVAL_STOPS, MBPP_STOPS
+
+
+def check_code_config(cfg):
+  return _check_code_config(cfg, objective_names(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -269,15 +275,14 @@ def test_code_config_checks_run_before_any_model_is_loaded(tmp_path):
 def test_code_command_scores_each_checkpoint_and_skips_prompts_too_long(tmp_path):
   """code_command generates from the saved checkpoint as generate_text does from the same
   parameters, skips the prompts that do not fit the window, and writes the full results."""
-  from dlmscale import runner  # noqa: PLC0415  (heavy: prepares the corpus)
-  from dlmscale.evaluation.loaded import from_experiment  # noqa: PLC0415
-  from dlmscale.sampling import generate_text  # noqa: PLC0415
+  from dlmscale import experiment  # noqa: PLC0415  (heavy: prepares the corpus)
+    from dlmscale.sampling import generate_text  # noqa: PLC0415
   # seq_len 160 holds MBPP/11 (146 bytes) and MBPP/14 (108) with 8 new tokens, not 12 or 13.
   cfg = tiny_config(**{"objectives": ("mdm",), "data.seq_len": 160, "data.total_tokens": 8192,
                        "sample.max_new_tokens": 8, "sample.steps": 4, "sample.temperature": 0.8,
                        "sample.seed": 3, "code.benchmark": "mbpp", "code.limit": 4,
                        "code.num_samples": 2, "code.pass_at_k": (1, 2)})
-  exp = runner.build_experiment(cfg, "mdm")
+  exp = experiment.build_experiment(cfg, "mdm")
   state = jax.jit(lambda: train.init_state(exp.model, exp.optimizer, 1),
                   out_shardings=exp.shardings)()
   checkpointer = Checkpointer(os.path.join(tmp_path, "mdm", "checkpoints"), keep=1,
@@ -285,7 +290,7 @@ def test_code_command_scores_each_checkpoint_and_skips_prompts_too_long(tmp_path
   checkpointer.save(0, state, {})
   checkpointer.close()
   problems = load_problems("mbpp", limit=4)
-  expected = generate_text(from_experiment(exp, state["params"]),
+  expected = generate_text(experiment.loaded_model(exp, state["params"]),
                            [problems[0].prompt, problems[3].prompt], max_new_tokens=8,
                            num_samples=2, temperature=0.8, steps=4, stop=MBPP_STOPS, seed=3,
                            batch_size=cfg.eval.batch_size)

@@ -8,7 +8,7 @@ from _shared import tiny_config
 from dlmscale import config as config_lib
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.suite import is_eval_step, parse_task_paths, task_list
-from dlmscale.experiment import train_all
+from dlmscale.modes import train as train_all
 
 
 def test_eval_steps_every_k_and_at_epoch_ends_never_at_the_last_step():

@@ -15,7 +15,7 @@ pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (extr
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from dlmscale.errors import ConfigError  # noqa: E402
-from dlmscale.evaluation import lm_eval_adapter as adapter  # noqa: E402
+from dlmscale import lm_eval_adapter as adapter  # noqa: E402
 from dlmscale.evaluation.scorer import Scorer  # noqa: E402
 
 NUM_SAMPLES = 8
@@ -27,11 +27,11 @@ LONG_TEXT = "def add(a, b):\n  return a + b\n\n" * 3  # ~100 bytes: several 32-t
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  from dlmscale import runner
+  from dlmscale import experiment, runner
   cfg = tiny_config()
   root = tmp_path_factory.mktemp("lm_eval_adapter")
   for objective in ("ar", "mdm"):
-    runner.run_training(runner.build_experiment(cfg, objective), str(root / objective),
+    runner.run_training(experiment.build_experiment(cfg, objective), str(root / objective),
                         stop_after=4)
   return str(root)
 
@@ -119,7 +119,7 @@ ROWS = [dict(question="def f(x):", choices=["return x", "zzzz qq", "}}}{"], answ
 
 def test_cli_module_evaluates_a_local_multiple_choice_task(workdir, references, tmp_path,
                                                            monkeypatch):
-  """`python -m dlmscale.evaluation.lm_eval_adapter ...` in-process: --model defaults to dlmscale,
+  """`python -m dlmscale.lm_eval_adapter ...` in-process: --model defaults to dlmscale,
   model_args load the checkpoint, lm-eval finds a local task YAML with --include_path, and
   simple_evaluate's acc / acc_norm are those of the Scorer's log-likelihoods."""
   _write_task(tmp_path, ROWS)

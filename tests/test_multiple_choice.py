@@ -186,11 +186,11 @@ def test_format_table_shows_mean_and_stderr_per_metric():
 @pytest.fixture(scope="module")
 def trained_ar(tmp_path_factory):
   """The tiny config's AR model after 4 training steps, loaded as every evaluator loads one."""
-  from dlmscale import runner
+  from dlmscale import experiment, runner
   from dlmscale.evaluation import loaded
   cfg = tiny_config()
   workdir = tmp_path_factory.mktemp("multiple_choice")
-  runner.run_training(runner.build_experiment(cfg, "ar"), str(workdir / "ar"), stop_after=4)
+  runner.run_training(experiment.build_experiment(cfg, "ar"), str(workdir / "ar"), stop_after=4)
   return loaded.load_model(cfg, str(workdir), "ar")
 
 
@@ -220,12 +220,12 @@ def test_end_to_end_with_the_real_scorer_on_a_tiny_trained_model(trained_ar):
 
 
 def test_dlm_scores_carry_the_monte_carlo_stderr_into_the_records(trained_ar):
-  from dlmscale import runner, train
+  from dlmscale import experiment, runner, train
   from dlmscale.evaluation import loaded
   from dlmscale.evaluation.scorer import Scorer
-  exp = runner.build_experiment(trained_ar.cfg, "mdm")
+  exp = experiment.build_experiment(trained_ar.cfg, "mdm")
   params = train.create_state(exp.model, exp.optimizer, 0, exp.shardings)["params"]
-  scorer = Scorer(loaded.from_experiment(exp, params), num_samples=4, batch_size=16, seed=1)
+  scorer = Scorer(experiment.loaded_model(exp, params), num_samples=4, batch_size=16, seed=1)
   task = tasks.load_task("openbookqa", os.path.join(DATA, "openbookqa"))
   m = mc.score_task(scorer, task, limit=2)
   again = mc.score_task(scorer, task, limit=2)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dlmscale import runner
+from dlmscale import experiment
 from dlmscale.data import ensure_prepared
 
 from _shared import TINY_CONFIG, tiny_config
@@ -50,7 +50,7 @@ def _run(tmp_path, name, num_processes, loader_workers, start_step=0) -> dict:
 def expected():
   """Hashes of every global batch computed in this process from the stream itself."""
   cfg = tiny_config()
-  stream = runner.make_stream(cfg, ensure_prepared(cfg.data))
+  stream = experiment.make_stream(cfg, ensure_prepared(cfg.data))
   hashes = [hashlib.sha256(stream.global_batch_at(k).astype("<i4").tobytes()).hexdigest()
             for k in range(stream.num_steps)]
   assert len(set(hashes)) == len(hashes)  # distinct batches: an off-by-one step would show

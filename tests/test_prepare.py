@@ -404,16 +404,16 @@ def test_stream_budgets_nested_and_exact(corpus):
 
 def test_stream_identical_for_every_objective():
   """ar, mdm, ar_input_mask and ar_dropout experiments built from tests/configs/tiny.py get the
-  same stream: fingerprint, summary and batches, equal to runner.make_stream's."""
-  from dlmscale import runner  # noqa: PLC0415  (heavy: model, optimizer, parallel)
+  same stream: fingerprint, summary and batches, equal to experiment.make_stream's."""
+  from dlmscale import experiment  # noqa: PLC0415  (heavy: model, optimizer, parallel)
   streams = {}
   for objective in ("ar", "mdm", "ar_input_mask", "ar_dropout"):
-    exp = runner.build_experiment(tiny_config(), objective)
+    exp = experiment.build_experiment(tiny_config(), objective)
     assert exp.objective == objective
     streams[objective] = exp.stream
   cfg = tiny_config()
   data = open_prepared(prepared_dir(cfg.data), cfg.data)
-  ref = runner.make_stream(cfg, data)
+  ref = experiment.make_stream(cfg, data)
   steps = (0, 7, ref.num_steps - 1)
   for objective, ts in streams.items():
     assert ts.fingerprint() == ref.fingerprint(), objective
@@ -421,7 +421,7 @@ def test_stream_identical_for_every_objective():
     for k in steps:
       np.testing.assert_array_equal(ts.global_batch_at(k), ref.global_batch_at(k))
       np.testing.assert_array_equal(ts.local_batch_at(k), ref.local_batch_at(k))
-  assert runner.make_stream(tiny_config(**{"data.seed": 1}), data).fingerprint() != \
+  assert experiment.make_stream(tiny_config(**{"data.seed": 1}), data).fingerprint() != \
       ref.fingerprint()
 
 

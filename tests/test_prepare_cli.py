@@ -140,15 +140,15 @@ def test_prepare_mode_prints_counts(cli):
 
 
 def test_fingerprint_mode_matches_in_process_stream(cli):
-  """--mode=fingerprint prints runner.make_stream(...).fingerprint() of the same config and the
+  """--mode=fingerprint prints experiment.make_stream(...).fingerprint() of the same config and the
   stream's actual sizes, without touching the prepared data."""
-  from dlmscale import runner  # noqa: PLC0415
+  from dlmscale import experiment  # noqa: PLC0415
   from dlmscale.data import open_prepared  # noqa: PLC0415
   out = ok_json(cli["results"]["fp_ar"])
   cfg = tiny_config(**{"objectives": ("ar",), "data.sources": f"files:{cli['corpus']}",
                        "data.val_fraction": 0.2, "data.prepared_dir": str(cli["prepared"])})
   data = open_prepared(str(cli["prepared"]), cfg.data)
-  stream = runner.make_stream(cfg, data)
+  stream = experiment.make_stream(cfg, data)
   assert out["fingerprint"] == stream.fingerprint()
   assert {k: out[k] for k in stream.summary()} == stream.summary()
   assert out["unique_tokens_actual"] == 20_000 and out["num_steps"] == 16

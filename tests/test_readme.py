@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dlmscale.experiment import format_table
+from dlmscale.modes import format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

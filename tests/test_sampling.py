@@ -18,7 +18,8 @@ from dlmscale.errors import ConfigError
 from dlmscale.evaluation.loaded import LoadedModel
 from dlmscale.models.model import build_model
 from dlmscale.models.transformer import ModelConfig
-from dlmscale.sampling import (ar_generate, dlm_generate, generate_text, left_pad, sample_command,
+from dlmscale.modes import sample as sample_command
+from dlmscale.sampling import (ar_generate, dlm_generate, generate_text, left_pad,
                                sample_tokens, unmasking_schedule)
 from _shared import random_params, tiny_config
 
@@ -353,11 +354,10 @@ def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   """sample_command completes cfg.sample.prompts from the saved checkpoint of every objective,
   as generate_text does from the same parameters in memory. One checkpoint (random params,
   zero optimizer state) serves both objectives: they share the network."""
-  from dlmscale import runner  # noqa: PLC0415  (heavy: prepares the tiny corpus)
-  from dlmscale.evaluation.loaded import from_experiment  # noqa: PLC0415
-  cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
+  from dlmscale import experiment  # noqa: PLC0415  (heavy: prepares the tiny corpus)
+    cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
                        "sample.num_samples": 2, "sample.steps": 3})
-  exp = runner.build_experiment(cfg, "ar")
+  exp = experiment.build_experiment(cfg, "ar")
   abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, 0))
   state = dict(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract),
                params=random_params(exp.model, seed=4))
@@ -366,7 +366,7 @@ def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   checkpointer.save(0, state, {})
   checkpointer.close()
   os.symlink(os.path.join(tmp_path, "ar"), os.path.join(tmp_path, "mdm"))
-  lm = from_experiment(exp, state["params"])
+  lm = experiment.loaded_model(exp, state["params"])
   expected = {o: generate_text(dataclasses.replace(lm, kind=k), cfg.sample.prompts,
                                max_new_tokens=6, num_samples=2, steps=3)
               for o, k in (("ar", "ar"), ("mdm", "dlm"))}

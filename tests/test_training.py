@@ -32,7 +32,7 @@ TINY = REPO / "tests" / "configs" / "tiny.py"
 if str(REPO) not in sys.path:  # the config files import `configs.models` from the repo root
   sys.path.insert(0, str(REPO))
 
-from dlmscale import experiment, runner  # noqa: E402
+from dlmscale import experiment, modes, runner  # noqa: E402
 from dlmscale.data import TokenStream  # noqa: E402
 from dlmscale.metrics import read_metrics  # noqa: E402
 
@@ -73,20 +73,20 @@ def assert_params_equal(a, b):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  """One train_all of ar and mdm on the tiny config (the uninterrupted reference), keeping the
+  """One modes.train of ar and mdm on the tiny config (the uninterrupted reference), keeping the
   Experiments it built (their compiled steps are reused by later tests)."""
   workdir = tmp_path_factory.mktemp("tiny_run")
   cfg = tiny_config()
   built = {}
 
   def build_and_keep(cfg, objective, devices=None):
-    built[objective] = runner.build_experiment(cfg, objective, devices)
+    built[objective] = experiment.build_experiment(cfg, objective, devices)
     return built[objective]
 
   out = io.StringIO()
   with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-    mp.setattr(experiment, "build_experiment", build_and_keep)
-    results = experiment.train_all(cfg, str(workdir))
+    mp.setattr(modes, "build_experiment", build_and_keep)
+    results = modes.train(cfg, str(workdir))
   return {"cfg": cfg, "workdir": workdir, "results": results, "stdout": out.getvalue(),
           "exps": built}
 
@@ -190,8 +190,8 @@ def test_stop_and_resume_is_bitwise_equal(tiny_run, ar_exp, tmp_path):
   assert len(calls) == num_steps - stop, "the second run did not resume from the checkpoint"
   assert (workdir / "metrics.jsonl").read_text().startswith(head)
 
-  params, step = runner.restore_params(exp, str(workdir))
-  ref_params, ref_step = runner.restore_params(exp, str(ref_dir))
+  params, step = experiment.restore_params(exp, str(workdir))
+  ref_params, ref_step = experiment.restore_params(exp, str(ref_dir))
   assert step == ref_step == num_steps
   assert_params_equal(params, ref_params)
   assert second["val_mean"] == ref["val_mean"]
@@ -249,8 +249,8 @@ def test_sigterm_while_logging_saves_the_step_it_stops_at(tiny_run, ar_exp, tmp_
   exp.calls.clear()
   runner.run_training(exp, str(workdir))
   assert len(exp.calls) == exp.stream.num_steps - 11
-  params, _ = runner.restore_params(exp, str(workdir))
-  ref_params, _ = runner.restore_params(exp, str(ref_dir))
+  params, _ = experiment.restore_params(exp, str(workdir))
+  ref_params, _ = experiment.restore_params(exp, str(ref_dir))
   assert_params_equal(params, ref_params)
   # Logged windows match the uninterrupted run, except the two the stop split (11, 12).
   got, want = train_records(workdir), train_records(ref_dir)
@@ -263,7 +263,7 @@ def test_sigterm_while_logging_saves_the_step_it_stops_at(tiny_run, ar_exp, tmp_
 def test_grad_accum_matches_one_big_batch(tiny_run, tmp_path):
   """grad_accum=2 through the runner trains like grad_accum=1 (same data, same math)."""
   cfg = tiny_config(**{"train.grad_accum": 2})
-  exp = runner.build_experiment(cfg, "ar")
+  exp = experiment.build_experiment(cfg, "ar")
   stop = 8
   runner.run_training(exp, str(tmp_path / "ar"), stop_after=stop)
   got, want = train_records(tmp_path / "ar"), train_records(tiny_run["workdir"] / "ar")
@@ -334,9 +334,9 @@ def test_sigterm_saves_and_rerun_resumes_bitwise(tmp_path, tmp_path_factory):
 
   cfg = tiny_config(**{"objectives": ("ar",), "train.schedule": "constant",
                        "data.total_tokens": SIGTERM_STEPS * 16 * 32})
-  exp = runner.build_experiment(cfg, "ar")
-  params, step = runner.restore_params(exp, str(workdir / "ar"))
-  ref_params, ref_step = runner.restore_params(exp, str(ref_dir / "ar"))
+  exp = experiment.build_experiment(cfg, "ar")
+  params, step = experiment.restore_params(exp, str(workdir / "ar"))
+  ref_params, ref_step = experiment.restore_params(exp, str(ref_dir / "ar"))
   assert step == ref_step == SIGTERM_STEPS
   assert_params_equal(params, ref_params)
   got, want = train_records(workdir / "ar"), train_records(ref_dir / "ar")

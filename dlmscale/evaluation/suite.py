@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 from dlmscale.errors import ConfigError
+from dlmscale.evaluation import likelihood, tasks
 
 
 def parse_task_paths(text: str) -> dict[str, str]:
@@ -32,7 +33,6 @@ def task_list(tasks) -> tuple[str, ...]:
 
 def check_eval_config(cfg) -> None:
   """One-line errors for the eval section, before any model is built."""
-  from dlmscale.evaluation import likelihood, tasks  # task modules load only when evaluating
   e = cfg.eval
   names = tasks.check_task_names(task_list(e.tasks)) if task_list(e.tasks) else ()
   extra = sorted(set(parse_task_paths(e.task_paths)) - set(names))

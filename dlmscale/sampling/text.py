@@ -1,4 +1,4 @@
-"""Text in, text out: generate_text for a LoadedModel of either kind, and the sample CLI mode.
+"""Text in, text out: generate_text for a LoadedModel of either kind.
 
 Every prompt is encoded after an eod id: training rows are documents that each follow an eod, so
 the model sees the prompt as the start of a document (an AR model also needs a first token).
@@ -113,33 +113,3 @@ def _generate(lm, tokens_BxP, lengths_B, key, *, max_new_tokens, temperature, to
                          block_length=block_length, remasking=remasking,
                          temperature=temperature, banned_ids=banned_ids(lm))
     return np.asarray(out.tokens), np.asarray(out.lengths)
-
-
-def sample_command(cfg, workdir: str) -> list[dict]:
-  """--mode=sample: each objective's latest checkpoint completes cfg.sample.prompts; prints the
-  completions and returns [{objective, kind, step, samples: [{prompt, completions}]}]."""
-  from dlmscale import config as config_lib  # pylint: disable=g-import-not-at-top
-  from dlmscale.evaluation.loaded import load_model  # pylint: disable=g-import-not-at-top
-  config_lib.validate(cfg)
-  s = cfg.sample
-  records = []
-  for objective in config_lib.objective_names(cfg):
-    lm = load_model(cfg, workdir, objective)
-    completions = generate_text(
-        lm, list(s.prompts), max_new_tokens=s.max_new_tokens, num_samples=s.num_samples,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, stop=tuple(s.stop),
-        steps=s.steps, block_length=s.block_length, remasking=s.remasking, seed=s.seed)
-    samples = [{"prompt": p, "completions": c} for p, c in zip(s.prompts, completions)]
-    record = {"objective": objective, "kind": lm.kind, "step": lm.step, "samples": samples}
-    _print_record(record)
-    records.append(record)
-  return records
-
-
-def _print_record(record: dict) -> None:
-  if jax.process_index():
-    return
-  print(f"[{record['objective']}] {record['kind']} checkpoint step {record['step']}", flush=True)
-  for i, sample in enumerate(record["samples"]):
-    for j, completion in enumerate(sample["completions"]):
-      print(f"--- prompt {i}, sample {j}\n{sample['prompt']}{completion}", flush=True)

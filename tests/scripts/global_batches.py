@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from dlmscale import parallel, runner  # noqa: E402
+from dlmscale import experiment, parallel  # noqa: E402
 from dlmscale.data import ensure_prepared  # noqa: E402
 from _shared import tiny_config  # noqa: E402
 
@@ -40,7 +40,7 @@ def main():
   mesh = parallel.make_mesh(dict(cfg.mesh))
   sharding = parallel.batch_sharding(mesh, tuple(cfg.rules))
   rows = parallel.process_batch_rows(sharding, cfg.train.global_batch, cfg.data.seq_len)
-  stream = runner.make_stream(cfg, prepared, rows)
+  stream = experiment.make_stream(cfg, prepared, rows)
   hashes = []
   with stream.iterator(a.start_step, workers=a.loader_workers) as batches:
     for local_BxL in batches:

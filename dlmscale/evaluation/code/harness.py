@@ -1,9 +1,9 @@
-"""pass@k on HumanEval / MBPP for any text generator, and the `--mode=code` command.
+"""pass@k on HumanEval / MBPP for any text generator (`--mode=code` is dlmscale.modes.code).
 
 evaluate_code asks the generator for num_samples completions per prompt (one call with every
 prompt: batching is the generator's business), cuts each at the benchmark's stop sequences, runs
 prompt + completion + tests in the sandbox and reports pass@k per k with per-problem results.
-A generator may answer None for a prompt it cannot take (code_command: the prompt does not fit
+A generator may answer None for a prompt it cannot take (--mode=code: the prompt does not fit
 the model's window); those samples are 'skipped', not run, and count as wrong, so pass@k keeps
 the whole benchmark as its denominator.
 """
@@ -16,6 +16,7 @@ import os
 import time
 from typing import Callable, Sequence
 
+from dlmscale import objectives
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import pass_at_k, problems as problems_lib, sandbox
 
@@ -98,60 +99,19 @@ def _check_shape(completions, num_prompts: int, num_samples: int) -> None:
                       f"of {num_samples} completion strings (None: prompt skipped)")
 
 
-def code_command(cfg, workdir: str) -> list[dict]:
-  """For each objective: load its checkpoint, generate with cfg.sample's decoding settings, score
-  cfg.code's benchmark. Full per-problem results go to
-  <workdir>/<objective>/eval/code_<benchmark>_step<step>.json; the summaries are returned."""
-  from dlmscale import config as config_lib
-  from dlmscale.evaluation.loaded import load_model
-  ks = check_code_config(cfg)
-  from dlmscale.sampling import generate_text  # after the checks: it pulls in the models
-  code, s = cfg.code, cfg.sample
-  stops = problems_lib.STOPS[code.benchmark]
-  summaries = []
-  for objective in config_lib.objective_names(cfg):
-    lm = load_model(cfg, workdir, objective)
-
-    def generate(prompts, num_samples, lm=lm):
-      fits = [prompt_fits(lm, p, s.max_new_tokens) for p in prompts]
-      if not any(fits):
-        raise ConfigError(f"no {code.benchmark} prompt fits seq_len={lm.seq_len} with "
-                          f"sample.max_new_tokens={s.max_new_tokens}: train with a longer "
-                          "data.seq_len or lower max_new_tokens")
-      done = iter(generate_text(
-          lm, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
-          num_samples=num_samples, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-          stop=tuple(s.stop) + stops, steps=s.steps, block_length=s.block_length,
-          remasking=s.remasking, seed=s.seed, batch_size=cfg.eval.batch_size))
-      return [next(done) if f else [None] * num_samples for f in fits]
-
-    report = evaluate_code(generate, code.benchmark, num_samples=code.num_samples, ks=ks,
-                           limit=code.limit, timeout_s=code.timeout_s, memory_mb=code.memory_mb)
-    report.update(objective=objective, kind=lm.kind, step=lm.step, temperature=s.temperature,
-                  max_new_tokens=s.max_new_tokens)
-    path = os.path.join(workdir, objective, "eval", f"code_{code.benchmark}_step{lm.step}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-      json.dump(report, fh, indent=1)
-    summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
-  return summaries
-
-
 def prompt_fits(lm, prompt: str, max_new_tokens: int) -> bool:
   """Whether generate_text can take the prompt: a leading eod + its ids + the answer fit the
   window the model was trained on (lm.seq_len)."""
   return 1 + len(lm.tokenizer.encode(prompt)) + max_new_tokens <= lm.seq_len
 
 
-def check_code_config(cfg) -> tuple[int, ...]:
+def check_code_config(cfg, objective_names) -> tuple[int, ...]:
   """ConfigError for a --mode=code config that cannot give a meaningful pass@k; returns the ks."""
-  from dlmscale import config as config_lib, objectives
-  config_lib.validate(cfg)
   code, s = cfg.code, cfg.sample
   ks = parse_ks(code.pass_at_k)
   check_settings(code.benchmark, code.num_samples, ks, code.timeout_s, code.memory_mb,
                  limit=code.limit)
-  for objective in config_lib.objective_names(cfg):
+  for objective in objective_names:
     random_order = objectives.kind_of(objective) == "dlm" and s.remasking == "random"
     if s.temperature == 0 and code.num_samples > 1 and not random_order:
       raise ConfigError(f"code.num_samples={code.num_samples} with sample.temperature=0: "

@@ -3,14 +3,14 @@
 Install the extra (`pip install -e ".[lm_eval]"`), then run lm-eval through this module, which
 registers the model before handing the command line to lm-eval's own CLI:
 
-  python -m dlmscale.evaluation.lm_eval_adapter --model dlmscale \
+  python -m dlmscale.lm_eval_adapter --model dlmscale \
     --model_args config=experiments/quickstart.py,workdir=runs/quickstart,objective=mdm,\
 estimator=fixed_count,num_samples=128 --tasks hellaswag --batch_size 256
-  python -m dlmscale.evaluation.lm_eval_adapter --model_args checkpoint=runs/quickstart/ar \
+  python -m dlmscale.lm_eval_adapter --model_args checkpoint=runs/quickstart/ar \
     --tasks path/to/local_task.yaml
 
 lm-eval has no plugin entry point for models: a bare `lm_eval --model dlmscale` finds the model only
-in a process that has imported this module (e.g. `import dlmscale.evaluation.lm_eval_adapter`
+in a process that has imported this module (e.g. `import dlmscale.lm_eval_adapter`
 before `lm_eval.simple_evaluate(model="dlmscale", ...)`). Offline, point lm-eval at local data: a
 task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: {test: rows.jsonl}}`,
 passed as `--tasks path/to/task.yaml` or found with `--include_path DIR`.
@@ -32,17 +32,16 @@ top_p (greedy unless the task samples). A prompt longer than the window keeps it
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
 import logging
 import os
 import sys
 from typing import Any, Mapping
 
-from dlmscale.config_files import add_project_root
+from dlmscale import config_files
 from dlmscale.errors import ConfigError
-from dlmscale.evaluation.loaded import LoadedModel, load_model
+from dlmscale.evaluation.loaded import LoadedModel
 from dlmscale.evaluation.scorer import Scorer
+from dlmscale.experiment import load_model
 
 try:
   from lm_eval.api.model import LM
@@ -62,22 +61,9 @@ log = logging.getLogger(__name__)
 # --- config files -------------------------------------------------------------------------------
 
 def load_config(spec: str, overrides: str | Mapping[str, Any] = ""):
-  """The ConfigDict of an experiment file 'FILE[:ARG]' (its get_config(), as --config loads it),
-  with overrides 'a.b=value;c=value' (or a {path: value} mapping) applied."""
-  path, _, arg = str(spec).partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} not found: pass config=path/to/experiment.py")
-  add_project_root(path)
-  module_spec = importlib.util.spec_from_file_location("dlmscale_lm_eval_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except (ImportError, SyntaxError, NameError) as e:
-    raise ConfigError(f"config file {path!r} failed to load ({type(e).__name__}: {e}): fix it or "
-                      "keep it inside the checkout holding configs/") from e
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} defines no get_config(): add one")
-  return _overridden(module.get_config(arg) if arg else module.get_config(), overrides)
+  """The ConfigDict of an experiment file 'FILE[:ARG]' (as --config loads it), with overrides
+  'a.b=value;c=value' (or a {path: value} mapping) applied."""
+  return _overridden(config_files.load_config(spec), overrides)
 
 
 def _overridden(cfg, overrides: str | Mapping[str, Any]):
@@ -89,24 +75,11 @@ def _overridden(cfg, overrides: str | Mapping[str, Any]):
 
 def run_config(workdir: str, objective: str):
   """The config a run was trained with: <workdir>/<objective>/config.json over the defaults."""
-  from dlmscale.config import default_config
   path = os.path.join(workdir, objective, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{path} not found: pass config=path/to/experiment.py, or the workdir and "
                       "objective of a trained run")
-  with open(path) as f:
-    saved = json.load(f)
-  cfg = default_config()
-  cfg.update(_tuples(saved))  # JSON turned the config's tuples into lists
-  return cfg
-
-
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+  return config_files.saved_config(path)
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -293,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
 # Registered under the module's import name only: `python -m` runs a second copy as __main__,
 # which hands over to the imported module (lm-eval refuses one name for two classes).
 if __name__ == "__main__":
-  from dlmscale.evaluation import lm_eval_adapter
+  from dlmscale import lm_eval_adapter
   lm_eval_adapter.main()
 else:
   register_model(MODEL_NAME)(DlmscaleLM)

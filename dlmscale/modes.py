@@ -1,0 +1,383 @@
+"""Every mode of the CLI, one function each; main.py parses flags and calls one of these.
+
+train    every objective of the config, each into <workdir>/<objective>, then the side-by-side table
+eval     validation and eval.tasks for each objective's latest checkpoint
+sample   completions of sample.prompts from each checkpoint
+code     HumanEval / MBPP pass@k of each checkpoint, in a sandbox
+prepare  tokenize and pack the corpus once; fingerprint: the token stream's hash, no training
+compile  the sharded train step compiled by libtpu for a TPU topology, on this host
+config   the fully resolved config as JSON (readable back with --config=FILE.json)
+sweep    a study's runs, one workdir each, locally or as TPU VM / xpk commands
+plan     a study's runs priced in parameters, FLOPs, tokens and chip-hours
+
+eval, sample and code read the run's own saved config: a --config that changes anything but
+eval.*, sample.*, code.* (or picks fewer objectives) is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+
+from dlmscale import compile as compile_lib
+from dlmscale import config as config_lib
+from dlmscale import config_files, parallel, planner
+from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
+from dlmscale.data.pipeline import array_fingerprint
+from dlmscale.errors import ConfigError
+from dlmscale.evaluation import code as code_lib
+from dlmscale.evaluation.multiple_choice import format_table as task_table
+from dlmscale import experiment as experiment_lib
+from dlmscale.experiment import build_experiment, load_model, make_stream, restore_params
+from dlmscale.runner import evaluate, run_training
+from dlmscale.sampling import generate_text
+
+log = logging.getLogger("dlmscale")
+_DATA_FREE_MODES = ("compile", "config", "plan", "sweep")
+# What eval, sample and code may change in a trained run's config: nothing they read for the
+# model or its data, so tokens seen, epochs and the validation set stay the run's own.
+CHECKPOINT_MODE_CHANGES = ("eval.", "sample.", "code.", "objectives")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What the command line gave: the loaded config (cfg), its spec FILE[:ARGS], and the flags."""
+  cfg: object = None
+  config_spec: str | None = None
+  workdir: str | None = None
+  topology: str | None = None
+  study: str | None = None
+  scale: str | None = None
+  dry_run: bool = False
+  launcher: str = "local"
+  parallel: int = 1
+  yes: bool = False
+  launch_options: tuple[str, ...] = ()
+  mfu: float = 0.4
+  compile: bool = False
+  distributed: tuple = (None, None, None, None, False)
+
+
+def run(mode: str, o: Options):
+  """Runs one mode of the CLI (see the module docstring)."""
+  if mode == "compile" or (mode == "plan" and o.compile):
+    if not os.environ.get("JAX_PLATFORMS"):
+      # libtpu's compile-only devices need no TPU backend; on a CPU host one would only print
+      # warnings while failing to start.
+      jax.config.update("jax_platforms", "cpu")
+  if mode not in _DATA_FREE_MODES:
+    parallel.maybe_initialize_distributed(*o.distributed[:4], auto=o.distributed[4])
+  handlers = {
+      "train": lambda: train(o.cfg, o.workdir),
+      "eval": lambda: evaluate_checkpoints(o.cfg, o.workdir),
+      "sample": lambda: sample(o.cfg, o.workdir),
+      "code": lambda: code(o.cfg, o.workdir),
+      "prepare": lambda: prepare_corpus(o.cfg),
+      "fingerprint": lambda: stream_identity(o.cfg),
+      "compile": lambda: compile_step(o.cfg, o.topology),
+      "config": lambda: show_config(o.cfg),
+      "sweep": lambda: sweep(o),
+      "plan": lambda: plan(o),
+  }
+  return handlers[mode]()
+
+
+# --- train and evaluate ---------------------------------------------------------------------------
+
+def train(cfg, workdir: str) -> list[dict]:
+  """Trains each objective into workdir/<objective>; prints and saves the comparison table."""
+  results = []
+  for name in config_lib.objective_names(cfg):
+    exp = build_experiment(cfg, name)
+    _announce(exp)
+    start = time.time()
+    result = run_training(exp, os.path.join(workdir, name))
+    result["wall_s"] = time.time() - start
+    results.append(result)
+  _report(results, workdir, "results.json")
+  return results
+
+
+def evaluate_checkpoints(cfg, workdir: str) -> list[dict]:
+  """Validates the latest checkpoint of each objective in workdir/<objective> and scores the
+  configured tasks (eval.tasks)."""
+  check_run_config(cfg, workdir)
+  results = []
+  for name in config_lib.objective_names(cfg):
+    exp = build_experiment(cfg, name)
+    params, step = restore_params(exp, os.path.join(workdir, name))
+    results.append({"objective": name, "steps": step,
+                    "tokens_seen": step * exp.stream.tokens_per_step,
+                    "epochs": exp.stream.epoch_at(step), **evaluate(exp, params, step)})
+  _report(results, workdir, "eval.json")
+  return results
+
+
+def check_run_config(cfg, workdir: str) -> None:
+  """ConfigError when cfg differs from a run's saved config.json other than in eval/sample/code."""
+  for name in config_lib.objective_names(cfg):
+    path = os.path.join(workdir, name, "config.json")
+    if not os.path.isfile(path):
+      continue  # no run here yet: restoring its checkpoint says so
+    with open(path) as f:
+      saved = json.load(f)
+    diff = config_lib.changed_keys(saved, json.loads(config_lib.to_json(cfg)),
+                                   allowed=CHECKPOINT_MODE_CHANGES)
+    if diff:
+      raise ConfigError(f"the config differs from the run's own {path} at {', '.join(diff[:5])}: "
+                        "this mode may change only eval.*, sample.*, code.*; drop --config to "
+                        "use the run's saved config")
+
+
+def _announce(exp) -> None:
+  if jax.process_index():
+    return
+  counts = exp.model.param_counts()
+  s = exp.stream.summary()
+  print(f"[{exp.objective}] params {counts['total']:,} total, {counts['non_embedding']:,} "
+        f"non-embedding | mesh {dict(exp.mesh.shape)} on {jax.device_count()} "
+        f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es)", flush=True)
+  print(f"[{exp.objective}] data: unique U={s['unique_tokens_actual']:,} tokens "
+        f"(asked {s['unique_tokens_requested']:,}), total T={s['total_tokens_actual']:,} "
+        f"(asked {s['total_tokens_requested']:,}), {s['num_epochs']:.2f} epochs, "
+        f"{s['num_steps']} steps of {exp.stream.tokens_per_step:,} tokens, "
+        f"stream {s['fingerprint'][:16]}", flush=True)
+
+
+def _report(results, workdir, filename) -> None:
+  if jax.process_index():
+    return
+  print(format_table(results), flush=True)
+  path = os.path.join(workdir, filename)
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def format_table(results: list[dict]) -> str:
+  """Side-by-side table: tokens seen, epochs, AR validation NLL, DLM validation ELBO bound."""
+  header = (f"{'objective':<14}{'tokens seen':>14}{'epochs':>9}{'AR val NLL':>18}"
+            f"{'DLM val ELBO':>18}{'wall':>9}")
+  lines = [header, "-" * len(header)]
+  for r in results:
+    cells = {"nll": "-", "elbo": "-"}
+    if "val_mean" in r:
+      cells[r["val_kind"]] = f"{r['val_mean']:.4f}±{r['val_stderr']:.4f}"
+    wall = f"{r['wall_s']:.0f}s" if "wall_s" in r else "-"
+    lines.append(f"{r['objective']:<14}{r['tokens_seen']:>14,}{r['epochs']:>9.2f}"
+                 f"{cells['nll']:>18}{cells['elbo']:>18}{wall:>9}")
+  lines.append("(nats per token on held-out sequences; the ELBO is an upper bound on the DLM's NLL)")
+  for r in results:
+    if r.get("tasks"):
+      lines += ["", f"{r['objective']} at step {r['steps']}:", task_table(r["tasks"])]
+  return "\n".join(lines)
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+def sample(cfg, workdir: str) -> list[dict]:
+  """Each objective's latest checkpoint completes cfg.sample.prompts; prints the completions and
+  returns [{objective, kind, step, samples: [{prompt, completions}]}]."""
+  config_lib.validate(cfg)
+  check_run_config(cfg, workdir)
+  s = cfg.sample
+  records = []
+  for objective in config_lib.objective_names(cfg):
+    lm = load_model(cfg, workdir, objective)
+    completions = generate_text(
+        lm, list(s.prompts), max_new_tokens=s.max_new_tokens, num_samples=s.num_samples,
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, stop=tuple(s.stop),
+        steps=s.steps, block_length=s.block_length, remasking=s.remasking, seed=s.seed)
+    samples = [{"prompt": p, "completions": c} for p, c in zip(s.prompts, completions)]
+    record = {"objective": objective, "kind": lm.kind, "step": lm.step, "samples": samples}
+    _print_samples(record)
+    records.append(record)
+  return records
+
+
+def _print_samples(record: dict) -> None:
+  if jax.process_index():
+    return
+  print(f"[{record['objective']}] {record['kind']} checkpoint step {record['step']}", flush=True)
+  for i, s in enumerate(record["samples"]):
+    for j, completion in enumerate(s["completions"]):
+      print(f"--- prompt {i}, sample {j}\n{s['prompt']}{completion}", flush=True)
+
+
+def code(cfg, workdir: str) -> list[dict]:
+  """For each objective: load its checkpoint, generate with cfg.sample's decoding settings, score
+  cfg.code's benchmark. Full per-problem results go to
+  <workdir>/<objective>/eval/code_<benchmark>_step<step>.json; the summaries are returned."""
+  config_lib.validate(cfg)
+  ks = code_lib.check_code_config(cfg, config_lib.objective_names(cfg))
+  check_run_config(cfg, workdir)
+  c, s = cfg.code, cfg.sample
+  stops = code_lib.STOPS[c.benchmark]
+  summaries = []
+  for objective in config_lib.objective_names(cfg):
+    lm = load_model(cfg, workdir, objective)
+
+    def generate(prompts, num_samples, lm=lm):
+      fits = [code_lib.prompt_fits(lm, p, s.max_new_tokens) for p in prompts]
+      if not any(fits):
+        raise ConfigError(f"no {c.benchmark} prompt fits seq_len={lm.seq_len} with "
+                          f"sample.max_new_tokens={s.max_new_tokens}: train with a longer "
+                          "data.seq_len or lower max_new_tokens")
+      done = iter(generate_text(
+          lm, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
+          num_samples=num_samples, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+          stop=tuple(s.stop) + stops, steps=s.steps, block_length=s.block_length,
+          remasking=s.remasking, seed=s.seed, batch_size=cfg.eval.batch_size))
+      return [next(done) if f else [None] * num_samples for f in fits]
+
+    report = code_lib.evaluate_code(generate, c.benchmark, num_samples=c.num_samples, ks=ks,
+                                    limit=c.limit, timeout_s=c.timeout_s, memory_mb=c.memory_mb)
+    report.update(objective=objective, kind=lm.kind, step=lm.step, temperature=s.temperature,
+                  max_new_tokens=s.max_new_tokens)
+    path = os.path.join(workdir, objective, "eval", f"code_{c.benchmark}_step{lm.step}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+      json.dump(report, fh, indent=1)
+    summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
+  print_json(summaries)
+  return summaries
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def prepare_corpus(cfg) -> dict:
+  """Prepares cfg.data into its prepared_dir (once); returns a summary."""
+  config_lib.validate(cfg)
+  d = cfg.data
+  directory = prepared_dir(d)
+  start = time.time()
+  meta = prepare(d, directory, workers=d.workers, records_per_shard=d.records_per_shard)
+  wall = time.time() - start
+  tr, va = meta["splits"]["train"], meta["splits"]["val"]
+  summary = {
+      "prepared_dir": directory,
+      "documents": {"train": tr["num_documents"], "val": va["num_documents"]},
+      "tokens": {"train": tr["num_tokens"], "val": va["num_tokens"]},
+      "sequences": {"train": tr["num_sequences"], "val": va["num_sequences"]},
+      "val_sequences_dropped_as_in_train": va["num_sequences_dropped_as_in_train"],
+      "text_mb": meta["num_text_bytes"] / 1e6,
+      "seconds": wall,
+      "tokenizer": meta["tokenizer"],
+      "sources": meta["sources"],
+  }
+  print_json(summary)
+  return summary
+
+
+def stream_identity(cfg) -> dict:
+  """Stream and validation fingerprints of cfg's data config, computed without a model."""
+  config_lib.validate(cfg)
+  data = ensure_prepared(cfg.data)
+  stream = make_stream(cfg, data)
+  val = validation_subset(data.val, cfg.eval.max_sequences)
+  identity = {
+      "objectives": list(config_lib.objective_names(cfg)),
+      "prepared_dir": data.path,
+      **stream.summary(),
+      "train_split_fingerprint": data.train.fingerprint,
+      "val_split_fingerprint": data.val.fingerprint,
+      "val_sequences_evaluated": len(val),
+      "val_evaluated_fingerprint": array_fingerprint(val),
+  }
+  print_json(identity)
+  return identity
+
+
+# --- configs, compiling ---------------------------------------------------------------------------
+
+def show_config(cfg) -> str:
+  """The resolved config as JSON (tuples as lists), after validation; --config=FILE.json reads it
+  back."""
+  config_lib.validate(cfg)
+  text = json.dumps(json.loads(config_lib.to_json(cfg)), indent=1, sort_keys=True)
+  if jax.process_index() == 0:
+    print(text, flush=True)
+  return text
+
+
+def compile_step(cfg, topology: str | None) -> list[dict]:
+  """Every objective's step compiled for the slice; a table, then JSON."""
+  if not topology:
+    raise ConfigError("--topology is required for --mode=compile, e.g. --topology=v5p-64")
+  reports = []
+  for objective in config_lib.objective_names(cfg):
+    try:
+      reports.append(compile_lib.compile_for_topology(cfg, objective, topology))
+    except compile_lib.DoesNotFitError as e:
+      if e.report:
+        print(compile_lib.format_table(reports + [e.report]), flush=True)
+      raise
+  print(compile_lib.format_table(reports), flush=True)
+  print_json(reports)
+  return reports
+
+
+def print_json(obj) -> None:
+  if jax.process_index() == 0:
+    print(json.dumps(obj, indent=1, sort_keys=True), flush=True)
+
+
+# --- studies --------------------------------------------------------------------------------------
+
+def sweep(o: Options) -> list[dict]:
+  """A study's runs at a scale, one workdir each: run locally, or printed (and with --yes run)
+  as Cloud TPU VM / xpk commands; --dry_run only prints."""
+  study = o.study or (o.config_spec or "").split(":", 1)[0]
+  if not study:
+    raise ConfigError("--study is required for --mode=sweep, e.g. --study=experiments/crossover.py")
+  if not o.scale:
+    raise ConfigError("--scale is required for --mode=sweep: cpu, gpu or paper")
+  from dlmscale import sweep as sweep_lib  # TODO(lead): top-level once sweep.py lands
+  return sweep_lib.run_sweep(study, o.scale, o.workdir, dry_run=o.dry_run, launcher=o.launcher,
+                             parallel=o.parallel, yes=o.yes,
+                             launcher_options=_key_values(o.launch_options))
+
+
+def _key_values(items) -> dict[str, str]:
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"--launch={item!r} is not key=value: write e.g. --launch=zone=us-east5-a")
+    out[key] = value
+  return out
+
+
+def plan(o: Options) -> list[dict]:
+  """Prices a run, or a study's whole grid at --scale (paper by default) when the study file is
+  given without arguments; with --topology, chip-hours at --mfu; with --compile, per-chip memory."""
+  spec = o.study or o.config_spec
+  if not spec:
+    raise ConfigError("--config (a run or a study file) is required for --mode=plan")
+  path, _, arg = spec.partition(":")
+  module = config_files.load_module(path)
+  if arg or not hasattr(module, "runs"):
+    runs = [(arg or os.path.basename(path), module.get_config(arg) if arg else o.cfg)]
+  else:
+    runs = [(a, module.get_config(a)) for a in module.runs(o.scale or "paper")]
+  accel = planner.accelerator(o.topology) if o.topology else None
+  if o.compile and not o.topology:
+    raise ConfigError("--compile needs --topology=<TPU slice>, e.g. v5p-128")
+  rows = []
+  for name, cfg in runs:
+    vocab, _ = experiment_lib.tokenizer_ids(cfg)
+    row = planner.plan_run(cfg, name, accel, o.mfu, vocab)
+    if o.compile:
+      report = compile_lib.compile_for_topology(cfg, row["objective"], o.topology,
+                                                check_fit=False)
+      row["memory_per_chip_gib"] = report["memory_per_chip"]["total"] / 2**30
+      row["fits"] = report["fits"]
+    rows.append(row)
+  # No jax.process_index() here: pricing a plan must not start an accelerator backend.
+  print(planner.format_plan(rows), flush=True)
+  print(json.dumps(rows, indent=1, sort_keys=True), flush=True)
+  return rows
