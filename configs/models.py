@@ -26,6 +26,27 @@ DENSE_4B = dict(num_layers=34, d_model=3072, num_heads=24, d_ff=8192, vocab_size
 # "8B8A" of the sparse study: total 7,896,483,328 (non-embedding 7,690,581,504).
 DENSE_8B = dict(num_layers=38, d_model=4096, num_heads=32, d_ff=11008, vocab_size=50269)
 
+# Smaller twins of the paper's model sizes for the studies in experiments/ (configs/studies.py):
+# each ladder roughly doubles like 1B / 2B / 4B / 8B. CPU counts with the byte vocabulary (320):
+# TINY 127,360, CPU_260K 264,360, CPU_470K 474,144, SMALL_CPU 894,336.
+CPU_260K = dict(num_layers=3, d_model=80, num_heads=4, d_ff=224, dtype="float32", vocab_size=0)
+CPU_470K = dict(num_layers=4, d_model=96, num_heads=4, d_ff=256, dtype="float32", vocab_size=0)
+# The "8B1A" twin of TINY: 12 experts of TINY's FFN width, top-1, so a token's compute is TINY's
+# (plus a router) and the FFN parameters are 12x, as in PAPER_8B1A; total 939,904, active 128,896.
+CPU_MOE_940K = dict(TINY, num_experts=12, experts_per_token=1, moe_d_ff=192)
+# GPU sizes (head_dim 64), counts with the 16,384-piece vocabulary of configs/prepare_nl.py:
+# 16,914,048 / 33,695,232 / 60,062,080 / 97,538,304.
+GPU_17M = dict(num_layers=6, d_model=384, num_heads=6, d_ff=1024, vocab_size=0)
+GPU_34M = dict(num_layers=8, d_model=512, num_heads=8, d_ff=1376, vocab_size=0)
+GPU_60M = dict(num_layers=10, d_model=640, num_heads=10, d_ff=1728, vocab_size=0)
+GPU_98M = dict(num_layers=12, d_model=768, num_heads=12, d_ff=2048, vocab_size=0)
+# The "8B1A" twin of GPU_17M: 24 experts of half its FFN width, top-2 (12x the FFN parameters,
+# GPU_17M's compute); total 94,826,112, active 16,969,344.
+GPU_MOE_95M = dict(GPU_17M, num_experts=24, experts_per_token=2, moe_d_ff=512)
+
 PRESETS = {"tiny": TINY, "small_cpu": SMALL_CPU, "1b": PAPER_1B, "8b1a": PAPER_8B1A,
            "1.7b_coder": PAPER_1P7B_CODER,
-           "2b": DENSE_2B, "4b": DENSE_4B, "8b": DENSE_8B}
+           "2b": DENSE_2B, "4b": DENSE_4B, "8b": DENSE_8B,
+           "cpu_260k": CPU_260K, "cpu_470k": CPU_470K, "cpu_moe_940k": CPU_MOE_940K,
+           "gpu_17m": GPU_17M, "gpu_34m": GPU_34M, "gpu_60m": GPU_60M, "gpu_98m": GPU_98M,
+           "gpu_moe_95m": GPU_MOE_95M}

@@ -17,9 +17,13 @@ stays the paper's 50269 so the counts above hold whatever tokenizer fills it.
 """
 from configs import meshes, models
 from configs.sparse_study import study_config
+from configs.studies import no_argument
 
 GLOBAL_BATCH = 256
 
 
-def get_config():
+def get_config(arg=None):
+  no_argument("dense_1b", arg, "choose the objective with --config.objectives=mdm; "
+              "the sparse study's runs on C4: --config=experiments/sparse_dense.py:"
+              "model=1B1A,objective=mdm,scale=paper")
   return study_config(models.PAPER_1B, GLOBAL_BATCH, meshes.DATA_PARALLEL)

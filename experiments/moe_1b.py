@@ -23,11 +23,15 @@ Data: as experiments/dense_1b.py (the configs/prepare_nl.py corpus; a larger one
 """
 from configs import models
 from configs.sparse_study import study_config
+from configs.studies import no_argument
 
 GLOBAL_BATCH = 256
 
 
-def get_config():
+def get_config(arg=None):
+  no_argument("moe_1b", arg, "choose the objective with --config.objectives=mdm; "
+              "the sparse study's runs on C4: --config=experiments/sparse_dense.py:"
+              "model=8B1A,objective=mdm,scale=paper")
   c = study_config(models.PAPER_8B1A, GLOBAL_BATCH, dict(data=-1, fsdp=1, tensor=1, expert=8))
   c.model.moe_dispatch = "capacity"
   return c

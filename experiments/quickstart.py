@@ -5,10 +5,14 @@ validation files. U = 600k unique tokens repeated for 5 epochs (T = 3M). Both mo
 optimizer and stream; only the objective differs.
 """
 from configs import models, optimizers
+from configs.studies import no_argument
 from dlmscale.config import default_config
 
 
-def get_config():
+def get_config(arg=None):
+  no_argument("quickstart", arg, "change keys with --config.KEY=VALUE (e.g. "
+              "--config.objectives=mdm), or run a study, e.g. "
+              "--config=experiments/crossover.py:unique=0.5B,objective=mdm,scale=cpu")
   c = default_config()
   c.objectives = ("ar", "mdm")
   c.model.update(models.TINY)
