@@ -11,9 +11,11 @@ every run of the study at that scale. Each study comes at three scales of the sa
   the sources are what a user points at (the tokenizer file is theirs to download).
 - gpu: one GPU, minutes per run: 17-98M-parameter twins (models.GPU_*), bf16, the English corpus
   of configs/prepare_nl.py (16k SentencePiece, sequence 512), batch 32, optimizers.GPU_SMALL.
-- cpu: 2 CPU cores, ~3 minutes per run: 0.13-0.9M-parameter fp32 twins (models.TINY ...
+- cpu: 2 CPU cores, minutes per run: 0.13-0.9M-parameter fp32 twins (models.TINY ...
   SMALL_CPU), the running Python's standard library as bytes (sequence 128, whole folders held
-  out), batch 32, ~3M tokens, optimizers.CPU_FAST; as experiments/quickstart.py.
+  out), batch 32, ~3M tokens, optimizers.CPU_FAST; as experiments/quickstart.py. A TINY run took
+  234 s (crossover unique=0.5B, mdm, on 2 cores shared with other jobs); from BENCHMARKS.md's
+  throughputs the larger twins should take up to ~10 minutes, the long run (5x the tokens) ~13.
 
 Budgets keep the paper's names at every scale ("unique=0.5B") and are scaled by
 TOKENS_PER_BILLION, so a run's epochs (T/U) are the paper's at every scale, and every budget is
@@ -69,7 +71,8 @@ _TRAIN = {  # log_every / checkpoint_every at paper scale as configs/sparse_stud
 _EVAL = {
     "paper": {},  # the defaults: 256 held-out sequences, 8 mask draws for the DLM bound
     "gpu": dict(batch_size=64, mask_samples=8, max_sequences=512),
-    # ~1 s per evaluation of a TINY model, so 16 of them add little to a ~3-minute run.
+    # Half the quickstart's rows and mask draws: 16 evaluations stay a small part of a run,
+    # at a DLM bound stderr of ~0.04 nats.
     "cpu": dict(batch_size=64, mask_samples=4, max_sequences=128),
 }
 CURVE_POINTS = 16  # evaluations per cpu / gpu run

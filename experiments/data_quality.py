@@ -14,7 +14,8 @@ compare AR with DLM within a level, as the paper's per-level curves do):
 - paper: one web crawl bucketed by one quality classifier, supplied by the user as Parquet files
   with a `text` column, e.g. FineWeb documents by the FineWeb-Edu classifier's int_score (low:
   0-1, medium: 2, high: 3-5), at least 1B GPT-2 tokens each:
-  files:/data/quality/{low,medium,high}/*.parquet (override with --config.data.sources=...).
+  files:/data/quality/{low,medium,high}/*.parquet (the `parquet` extra reads them; override
+  with --config.data.sources=...).
 - gpu / cpu: offline corpora of `python -m dlmscale.data.fetch nl`, ranked by what such
   classifiers reward (connected, explanatory, edited prose): low = the GCIDE dictionary (terse
   entries of headwords, pronunciations and sense fragments in markup, little connected text),

@@ -1,7 +1,7 @@
 """Sparse vs dense (PAPER.md "Experiments", fifth row): a dense 1B ("1B1A"), an MoE of 8B total
 and 1B active parameters ("8B1A") and a dense 8B ("8B8A") on 1B unique tokens x 96 epochs, AR vs
-masked diffusion. The DLM's advantage holds for sparse models too: 8B1A sits between the two
-dense models, at the 1B's compute per token.
+masked diffusion. The crossover holds for sparse models too; 8B1A has the 1B's compute per
+token and the 8B's parameters.
 
 Arguments: model=1B1A|8B1A|8B8A, objective=ar|mdm, scale=paper|gpu|cpu (default:
 model=1B1A,objective=ar,scale=paper); 6 runs a scale.
