@@ -98,12 +98,9 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(" ".join(str(e).split()))
-  except DlmscaleError as e:  # e.g. a study's get_config(arg) naming its valid arguments
+    _fail(_config_file_error(str(e), config_path) or " ".join(str(e).split()))
+  except DlmscaleError as e:
     _fail(str(e))
-  except TypeError as e:
-    _fail(f"config file {config_path!r} could not take the argument after ':' ({e}): pass "
-          "FILE without ':...' or give get_config an argument")
   except (ImportError, SyntaxError, NameError) as e:
     _fail(f"config file {config_path!r} failed to load ({type(e).__name__}: "
           f"{' '.join(str(e).split())}): fix the file or run from the checkout holding configs/")
@@ -119,6 +116,21 @@ def _parse_flags(argv):
     _fail(f"unknown config key {' or '.join(map(repr, named)) or repr(key)} in the --config.* "
           f"overrides{' (' + hint + ')' if hint else ''}: override only keys of "
           "dlmscale.config.default_config()")
+
+
+def _config_file_error(message: str, config_path: str | None) -> str | None:
+  """ml_collections reports an exception raised by get_config(arg) as a flag error holding the
+  whole traceback; its last line is what the user needs."""
+  if "Error whilst parsing config file" not in message:
+    return None
+  last = message.strip().splitlines()[-1]
+  kind, _, text = last.partition(": ")
+  if kind.startswith("dlmscale."):  # e.g. a study naming its valid arguments
+    return text
+  if kind == "TypeError" and "get_config" in text:
+    return (f"config file {config_path!r} takes no argument after ':' ({text}): pass it without "
+            "':...'")
+  return f"config file {config_path!r} failed in get_config ({last}): fix the file or its argument"
 
 
 def _config_spec() -> str | None:

@@ -67,7 +67,8 @@ def test_training_evaluates_on_schedule_and_logs_tasks_with_the_metrics(tmp_path
 
 def test_a_run_resumes_with_other_evaluation_settings_but_not_other_training(tmp_path):
   from dlmscale.errors import CheckpointError
-  from dlmscale.runner import build_experiment, run_training
+  from dlmscale.experiment import build_experiment
+  from dlmscale.runner import run_training
   cfg = tiny_config(**{"objectives": ("ar",)})
   run_training(build_experiment(cfg, "ar"), str(tmp_path), stop_after=4)
   changed = tiny_config(**{"objectives": ("ar",), "eval.every": 2, "eval.limit": 3,
