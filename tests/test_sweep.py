@@ -2,9 +2,9 @@
 
 Planning: names, commands, budgets; every run built, validated and its corpus checked before
 anything launches (nothing is written when one is bad). Dry runs, local and cloud, launch
-nothing. A local sweep stopped by SIGTERM, then by kill -9 of its process group, and run again
-skips its finished runs, resumes the interrupted one, and ends with the results of a sweep that
-was never interrupted.
+nothing. A local sweep stopped by SIGTERM, by kill -9 of the sweep alone, and by kill -9 of its
+process group, each time run again, skips its finished runs, resumes the interrupted one, and
+ends with the results of a sweep that was never interrupted.
 """
 from __future__ import annotations
 
@@ -237,6 +237,20 @@ def wait_mid_training(proc: subprocess.Popen, run_dir: Path, log: Path) -> None:
   pytest.fail(f"{run_dir.name} never started training")
 
 
+def wait_until_unlocked(root: Path) -> None:
+  """Until no process holds <root>/sweep.lock (the sweep and every run it started are gone)."""
+  deadline = time.time() + TIMEOUT_S
+  with open(root / sweep.LOCK_FILE) as f:
+    while time.time() < deadline:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return
+      except BlockingIOError:
+        time.sleep(0.05)
+  pytest.fail("sweep.lock is still held")
+
+
 def statuses(root: Path) -> list[str]:
   return [sweep.run_status(str(root / name)) for name in NAMES]
 
@@ -276,27 +290,41 @@ def test_sweep_stopped_and_killed_then_rerun_matches_uninterrupted(tmp_path, tmp
     assert summary["runs"][1]["exit_code"] == 143
     mtimes = {NAMES[0]: (root / NAMES[0] / "results.json").stat().st_mtime_ns}
 
-    # 2. Run again; kill -9 the whole process group while the third run trains.
+    # 2. Run again; kill -9 the sweep alone while the third run trains: the orphaned run gets
+    # SIGTERM (its parent-death signal), saves and exits, holding sweep.lock until then.
     log = tmp_path / "second.log"
     second = start_sweep(env, root, log)
     procs.append(second)
     wait_mid_training(second, root / NAMES[2], log)
-    os.killpg(second.pid, signal.SIGKILL)
+    second.kill()
     second.wait(timeout=60)
+    wait_until_unlocked(root)
     assert statuses(root) == ["finished", "finished", "interrupted", "pending"]
     text = log.read_text()
     assert f"[1/4] {NAMES[0]}: finished already, skipped" in text
     assert f"[2/4] {NAMES[1]}: resuming" in text
     assert re.search(r"resumed at step \d+", (root / "logs" / f"{NAMES[1]}.log").read_text())
+    assert "SIGTERM received, saved a checkpoint" in (root / "logs" / f"{NAMES[2]}.log").read_text()
     mtimes[NAMES[1]] = (root / NAMES[1] / "results.json").stat().st_mtime_ns
 
-    # 3. Run again to the end.
-    third = subprocess.run(sweep_command(root), cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=TIMEOUT_S)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert f"[2/4] {NAMES[1]}: finished already, skipped" in third.stdout
-    assert f"[3/4] {NAMES[2]}: resuming" in third.stdout
-    assert third.stdout.splitlines()[-1] == (
+    # 3. Run again; kill -9 the whole process group while the last run trains.
+    log = tmp_path / "third.log"
+    third = start_sweep(env, root, log)
+    procs.append(third)
+    wait_mid_training(third, root / NAMES[3], log)
+    os.killpg(third.pid, signal.SIGKILL)
+    third.wait(timeout=60)
+    assert statuses(root) == ["finished", "finished", "finished", "interrupted"]
+    assert f"[3/4] {NAMES[2]}: resuming" in log.read_text()
+    mtimes[NAMES[2]] = (root / NAMES[2] / "results.json").stat().st_mtime_ns
+
+    # 4. Run again to the end.
+    last = subprocess.run(sweep_command(root), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert f"[3/4] {NAMES[2]}: finished already, skipped" in last.stdout
+    assert f"[4/4] {NAMES[3]}: resuming" in last.stdout
+    assert last.stdout.splitlines()[-1] == (
         f"sweep: 4 of 4 runs finished; summary in {root}/sweep.json")
     for name, mtime in mtimes.items():
       assert (root / name / "results.json").stat().st_mtime_ns == mtime, name
@@ -315,5 +343,5 @@ def test_sweep_stopped_and_killed_then_rerun_matches_uninterrupted(tmp_path, tmp
   summary = sweep.load_summary(str(root))
   assert summary["study"] == str(STUDY) and summary["scale"] == "cpu"
   assert [(r["name"], r["status"], r.get("exit_code")) for r in summary["runs"]] == [
-      (NAMES[0], "finished", None), (NAMES[1], "finished", None), (NAMES[2], "finished", 0),
+      (NAMES[0], "finished", None), (NAMES[1], "finished", None), (NAMES[2], "finished", None),
       (NAMES[3], "finished", 0)]
