@@ -10,7 +10,8 @@ git ref on every worker (checkout ~/dlmscale, virtualenv ~/dlmscale-venv), run
 run in turn, optionally delete the slice. launch/tpu_vm.sh runs the same install and run
 payloads on an existing slice.
 xpk: one workload per run, from an image built with launch/Dockerfile.
-Workdirs (and data.prepared_dir) must be on storage every host sees, e.g. a gcsfuse mount.
+Workdirs (and data.prepared_dir) must be absolute paths on storage every host sees, e.g. a
+gcsfuse mount of a bucket (not gs:// URLs: runs write their workdir with local file calls).
 """
 from __future__ import annotations
 
@@ -102,7 +103,10 @@ def remote_config_spec(run) -> str:
 def main_args(run, extra_args: Sequence[str] = ()) -> list[str]:
   """dlmscale.main's arguments for a run on a multi-host slice."""
   workdir = str(run.workdir)
-  if not (os.path.isabs(workdir) or "://" in workdir):
+  if "://" in workdir:  # the runner writes metrics and configs with local file calls
+    raise LauncherError(f"workdir {workdir!r} is a URL: mount the bucket on every host (e.g. "
+                        "gcsfuse) and pass the mount path, e.g. /mnt/shared/runs/<study>")
+  if not os.path.isabs(workdir):
     raise LauncherError(f"workdir {workdir!r} is relative: remote runs need an absolute path "
                         "on storage every host sees, e.g. /mnt/shared/runs/<study>")
   return [f"--config={remote_config_spec(run)}", f"--workdir={workdir}", *extra_args,
@@ -253,7 +257,8 @@ OPTIONS = {
     "xpk": ("cluster", "project", "zone", "tpu_type", "image", "num_slices", "workload_name",
             "build_image", "xpk_args"),
 }
-_BOOLEAN = ("queued", "spot", "create", "delete", "build_image")
+# check_data is the sweep's (whether to check corpora here before launching).
+_BOOLEAN = ("queued", "spot", "create", "delete", "build_image", "check_data")
 _INTEGER = ("num_slices",)
 _LISTS = ("xpk_args",)
 

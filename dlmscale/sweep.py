@@ -285,7 +285,8 @@ def print_plan(title: str, records: list[dict], out: TextIO, setup=(), teardown=
   for r in records:
     print(_describe(r), file=out)
     print(f"  workdir {r['workdir']}", file=out)
-    print(f"  $ {shlex.join(r['command'])}", file=out)
+    if r["command"]:  # a finished run gets no cloud command
+      print(f"  $ {shlex.join(r['command'])}", file=out)
   if teardown:
     print("teardown:", file=out)
     for cmd in teardown:
@@ -483,6 +484,9 @@ def run_sweep(study: str, scale: str, workdir: str, *, dry_run: bool = False,
     raise DlmscaleError(f"unknown launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
   if parallel < 1:
     raise DlmscaleError(f"parallel must be >= 1, got {parallel}")
+  if "://" in workdir:  # runs write their workdirs with local file calls
+    raise DlmscaleError(f"workdir {workdir!r} is a URL: mount the bucket (e.g. gcsfuse) and pass "
+                        "the mount path")
   options = dict(launcher_options or {})
   check_data = options.pop("check_data", launcher == "local")
   if launcher == "local" and options:

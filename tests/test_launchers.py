@@ -144,6 +144,8 @@ def test_runs_must_be_remote_ready(tmp_path):
   relative = Run(RUN.name, RUN.arg, RUN.config_spec, "runs/tiny/x")
   with pytest.raises(LauncherError, match="is relative"):
     launchers.tpu_vm_commands(relative, **TPU)
+  with pytest.raises(LauncherError, match="is a URL: mount the bucket"):
+    launchers.tpu_vm_commands(Run(RUN.name, RUN.arg, RUN.config_spec, "gs://b/runs/x"), **TPU)
   outside = tmp_path / "study.py"
   outside.write_text("")
   with pytest.raises(LauncherError, match="not inside a dlmscale checkout"):
@@ -156,9 +158,9 @@ def test_runs_must_be_remote_ready(tmp_path):
 
 def test_parse_options():
   assert launchers.parse_options(["project=p", "spot=true", "num_slices=4",
-                                  "xpk_args=--priority,high", "ref=a=b"]) == {
+                                  "xpk_args=--priority,high", "ref=a=b", "check_data=false"]) == {
       "project": "p", "spot": True, "num_slices": 4, "xpk_args": ("--priority", "high"),
-      "ref": "a=b"}
+      "ref": "a=b", "check_data": False}
   for bad in ("project", "spot=maybe", "num_slices=two"):
     with pytest.raises(LauncherError):
       launchers.parse_options([bad])
