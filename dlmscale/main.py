@@ -44,7 +44,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print each run's command,
                              "token budget; launch nothing.")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu_vm", "xpk"],
                               "sweep: run locally, or generate Cloud TPU VM / xpk commands.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time. Arguments after "
+                                  "`--` are passed to every run's dlmscale.main.")
 _YES = flags.DEFINE_bool("yes", False, "sweep: run the generated cloud commands.")
 _LAUNCH_OPTIONS = flags.DEFINE_multi_string(
     "launch", [], "sweep: a launcher option key=value (repeatable), e.g. --launch=project=my-proj "
@@ -141,9 +142,9 @@ def _config_spec() -> str | None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
   mode = _MODE.value
+  if len(argv) > 1 and mode != "sweep":
+    _fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
   spec = _config_spec()
   if spec is None and mode not in ("sweep", "plan"):
     _fail("--config is required, e.g. --config=experiments/quickstart.py")
@@ -157,7 +158,6 @@ def main(argv) -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from dlmscale import modes  # after flag parsing: keeps --help fast
   from dlmscale.errors import DlmscaleError
-  from dlmscale.runner import Preempted
   try:
     modes.run(mode, modes.Options(
         cfg=_CONFIG.value, config_spec=spec, workdir=_WORKDIR.value, topology=_TOPOLOGY.value,
@@ -165,10 +165,13 @@ def main(argv) -> None:
         parallel=_PARALLEL.value, yes=_YES.value, launch_options=tuple(_LAUNCH_OPTIONS.value),
         mfu=_MFU.value, compile=_PLAN_COMPILE.value,
         distributed=(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                     _CPU_COLLECTIVES.value, _MULTIHOST.value)))
-  except Preempted as e:
+                     _CPU_COLLECTIVES.value, _MULTIHOST.value), run_args=tuple(argv[1:])))
+  except modes.INTERRUPTED as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(143)
+  except modes.FAILED as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   except DlmscaleError as e:
     _fail(str(e))
 

@@ -25,7 +25,8 @@ import jax
 
 from dlmscale import compile as compile_lib
 from dlmscale import config as config_lib
-from dlmscale import config_files, parallel, planner
+from dlmscale import config_files, launchers, parallel, planner
+from dlmscale import sweep as sweep_lib
 from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
 from dlmscale.data.pipeline import array_fingerprint
 from dlmscale.errors import ConfigError
@@ -33,7 +34,7 @@ from dlmscale.evaluation import code as code_lib
 from dlmscale.evaluation.multiple_choice import format_table as task_table
 from dlmscale import experiment as experiment_lib
 from dlmscale.experiment import build_experiment, load_model, make_stream, restore_params
-from dlmscale.runner import evaluate, run_training
+from dlmscale.runner import Preempted, evaluate, run_training
 from dlmscale.sampling import generate_text
 
 log = logging.getLogger("dlmscale")
@@ -60,6 +61,13 @@ class Options:
   mfu: float = 0.4
   compile: bool = False
   distributed: tuple = (None, None, None, None, False)
+  run_args: tuple[str, ...] = ()  # sweep: arguments after `--`, passed to every run
+
+
+# The CLI's exit codes beyond 0 and 2 (a one-line user error): interrupted by SIGTERM, the state
+# saved (143, rerun to resume); a sweep finished with failed runs (1).
+INTERRUPTED = (Preempted, sweep_lib.SweepInterrupted)
+FAILED = (sweep_lib.SweepFailed,)
 
 
 def run(mode: str, o: Options):
@@ -336,20 +344,10 @@ def sweep(o: Options) -> list[dict]:
     raise ConfigError("--study is required for --mode=sweep, e.g. --study=experiments/crossover.py")
   if not o.scale:
     raise ConfigError("--scale is required for --mode=sweep: cpu, gpu or paper")
-  from dlmscale import sweep as sweep_lib  # TODO(lead): top-level once sweep.py lands
   return sweep_lib.run_sweep(study, o.scale, o.workdir, dry_run=o.dry_run, launcher=o.launcher,
                              parallel=o.parallel, yes=o.yes,
-                             launcher_options=_key_values(o.launch_options))
-
-
-def _key_values(items) -> dict[str, str]:
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ConfigError(f"--launch={item!r} is not key=value: write e.g. --launch=zone=us-east5-a")
-    out[key] = value
-  return out
+                             launcher_options=launchers.parse_options(o.launch_options),
+                             extra_args=o.run_args)
 
 
 def plan(o: Options) -> list[dict]:

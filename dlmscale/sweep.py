@@ -19,12 +19,10 @@ only with `yes`.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -37,7 +35,12 @@ from typing import Any, Sequence, TextIO
 
 from etils import epath
 
-from dlmscale.config_files import add_project_root
+from dlmscale import config as config_lib
+from dlmscale import config_files, launchers
+from dlmscale.data import prepared as prepared_lib
+from dlmscale.data import sources as sources_lib
+from dlmscale.data.prepare import check_local, read_meta
+from dlmscale.data.prepare_spec import PrepareSpec, check_same_spec
 from dlmscale.errors import DlmscaleError
 
 LAUNCHERS = ("local", "tpu_vm", "xpk")
@@ -88,25 +91,14 @@ def _one_line(e: BaseException) -> str:
 
 def load_study(path: str):
   """The study module at `path` (its checkout's `configs` importable)."""
-  if not os.path.isfile(path):
-    raise DlmscaleError(f"study file {path!r} not found: pass a config file with get_config(arg)"
-                        " and runs(scale), e.g. experiments/<study>.py")
-  add_project_root(path)
-  digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
-  spec = importlib.util.spec_from_file_location(f"dlmscale_study_{digest}", path)
-  if spec is None:
-    raise DlmscaleError(f"study file {path!r} is not a Python file: name it <study>.py")
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # any error in user code: report it on one line
-    raise DlmscaleError(f"study file {path!r} failed to load ({type(e).__name__}: "
-                        f"{_one_line(e)}): fix the file or run from the checkout holding "
-                        "configs/") from None
-  missing = [f"{f}()" for f in ("get_config", "runs") if not callable(getattr(module, f, None))]
-  if missing:
-    raise DlmscaleError(f"study file {path!r} has no {' or '.join(missing)}: a study defines "
-                        "get_config(arg) and runs(scale) -> list of run argument strings")
+    module = config_files.load_module(path, "dlmscale_study_"
+                                      + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12])
+  except DlmscaleError as e:
+    raise DlmscaleError(f"study {e}") from None
+  if not callable(getattr(module, "runs", None)):
+    raise DlmscaleError(f"study file {path!r} has no runs(): a study defines get_config(arg) and "
+                        "runs(scale) -> list of run argument strings")
   return module
 
 
@@ -145,7 +137,6 @@ def run_name(arg: str) -> str:
 
 
 def _build_config(module, run: Run):
-  from dlmscale import config as config_lib  # noqa: PLC0415  (imports JAX: only when planning)
   try:
     cfg = module.get_config(run.arg) if run.arg else module.get_config()
   except DlmscaleError as e:
@@ -167,10 +158,6 @@ def _build_config(module, run: Run):
 def check_corpus(run: Run) -> None:
   """The run's corpus can be read: prepared already, or every source yields a document (read
   without preparing). A missing source is a one-line error naming the run and the fix."""
-  from dlmscale.data import prepared as prepared_lib  # noqa: PLC0415
-  from dlmscale.data import sources as sources_lib  # noqa: PLC0415
-  from dlmscale.data.prepare import check_local, read_meta  # noqa: PLC0415
-  from dlmscale.data.prepare_spec import PrepareSpec, check_same_spec  # noqa: PLC0415
   d = run.cfg.data
   try:
     spec = PrepareSpec.from_config(d)
@@ -213,7 +200,6 @@ def plan_sweep(study_path: str, scale: str, workdir: str, *, check_data: bool = 
     runs.append(Run(name, arg, spec, os.path.join(workdir, name)))
   runs = [dataclasses.replace(r, cfg=_build_config(module, r)) for r in runs]
   if check_data:
-    from dlmscale.data.prepare_spec import PrepareSpec  # noqa: PLC0415
     checked = set()
     for run in runs:  # runs of a study mostly share one corpus: check each corpus once
       key = PrepareSpec.from_config(run.cfg.data).key() + run.cfg.data.prepared_dir
@@ -510,7 +496,6 @@ def run_sweep(study: str, scale: str, workdir: str, *, dry_run: bool = False,
 
 def _run_cloud(runs, launcher, options, workdir, header, title, *, dry_run, yes, extra_args,
                out) -> list[dict]:
-  from dlmscale import launchers  # noqa: PLC0415
   status = {r.name: run_status(r.workdir) for r in runs}
   todo = [r for r in runs if status[r.name] != "finished"]
   launch = launchers.plan(launcher, todo, options, extra_args)
@@ -534,41 +519,3 @@ def _run_cloud(runs, launcher, options, workdir, header, title, *, dry_run, yes,
   if os.path.isdir(workdir):  # the shared storage is mounted here too: leave the summary
     write_summary(workdir, dict(header, workdir=workdir, launcher=launcher), records)
   return records
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m dlmscale.sweep --study=FILE --scale=S --workdir=DIR [...] [-- main args]`."""
-  from dlmscale.launchers import parse_options  # noqa: PLC0415
-  p = argparse.ArgumentParser(prog="python -m dlmscale.sweep", description=__doc__.split(
-      "\n\n")[0])
-  p.add_argument("--study", required=True, help="study file with get_config(arg) and runs(scale)")
-  p.add_argument("--scale", default="paper", help="the study's scale, e.g. cpu, gpu, paper")
-  p.add_argument("--workdir", required=True, help="sweep directory: one <workdir>/<run> each")
-  p.add_argument("--dry_run", action="store_true", help="print the plan, launch nothing")
-  p.add_argument("--launcher", default="local", choices=LAUNCHERS)
-  p.add_argument("--parallel", type=int, default=1, help="local runs at a time")
-  p.add_argument("--yes", action="store_true", help="run the tpu_vm/xpk commands")
-  p.add_argument("--launch", action="append", default=[], metavar="KEY=VALUE",
-                 help="a tpu_vm/xpk option, e.g. --launch=project=my-project (repeatable)")
-  p.add_argument("extra_args", nargs=argparse.REMAINDER,
-                 help="-- then arguments passed to every run's dlmscale.main")
-  a = p.parse_args(argv)
-  extra = a.extra_args[1:] if a.extra_args[:1] == ["--"] else a.extra_args
-  try:
-    run_sweep(a.study, a.scale, a.workdir, dry_run=a.dry_run, launcher=a.launcher,
-              parallel=a.parallel, yes=a.yes, launcher_options=parse_options(a.launch),
-              extra_args=extra)
-  except SweepInterrupted as e:
-    print(str(e), file=sys.stderr, flush=True)
-    return 143
-  except SweepFailed as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 1
-  except DlmscaleError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

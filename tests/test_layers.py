@@ -6,7 +6,7 @@ Layers, bottom to top; a module may import its own layer and those below:
   components  evaluation (likelihoods, tasks, scoring, code), sampling
   schema      config: it validates every section, so it sits above what it checks
   assembly    config_files, json_config, experiment (one place builds a run)
-  tools       runner, compile, planner, sweep, launchers
+  tools       runner, compile, planner, sweep, launchers, analysis
   entry       modes (every CLI mode), lm_eval_adapter
   cli         main (flags and dispatch only)
 """
@@ -25,7 +25,7 @@ LAYERS = [
     ("schema", ("dlmscale.config",)),
     ("assembly", ("dlmscale.config_files", "dlmscale.json_config", "dlmscale.experiment")),
     ("tools", ("dlmscale.runner", "dlmscale.compile", "dlmscale.planner", "dlmscale.sweep",
-               "dlmscale.launchers")),
+               "dlmscale.launchers", "dlmscale.analysis")),
     ("entry", ("dlmscale.modes", "dlmscale.lm_eval_adapter")),
     ("cli", ("dlmscale.main",)),
 ]

@@ -196,8 +196,8 @@ def test_second_sweep_in_a_workdir_refused(tmp_path):
 # ---- local: stopped, killed, resumed -----------------------------------------------------------
 
 def sweep_command(root: Path, *args: str, scale: str = "cpu") -> list[str]:
-  return [sys.executable, "-m", "dlmscale.sweep", f"--study={STUDY}", f"--scale={scale}",
-          f"--workdir={root}", *args]
+  return [sys.executable, "-m", "dlmscale.main", "--mode=sweep", f"--study={STUDY}",
+          f"--scale={scale}", f"--workdir={root}", *args]
 
 
 def start_sweep(env, root: Path, log: Path, *args: str) -> subprocess.Popen:
