@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 from absl import flags
@@ -223,3 +224,42 @@ def test_the_config_flag_passes_the_argument_string():
   assert values.config.objectives == ("ar_input_mask",)
   assert values.config.objective_args.ar_input_mask.rate == 0.7
   assert values.config.model.d_model == models.TINY["d_model"]
+
+
+# ---- the replication programme (experiments/replication.py) --------------------------------
+
+def test_replication_is_the_crossover_grid_at_two_sizes_plus_noise_at_the_smallest_budget():
+  rep, crossover = _load("replication"), _load("crossover")
+  runs = rep.runs("cpu")
+  assert len(runs) == 22 and len(set(runs)) == 22
+  cfgs = {a: rep.get_config(a) for a in runs}
+  for cfg in cfgs.values():
+    config_lib.validate(cfg)
+  # Its 1B ar/mdm runs are the crossover study's runs of the same budget, config for config.
+  for unique in ("0.5B", "1.5B", "10B", "96B"):
+    for objective in ("ar", "mdm"):
+      mine = cfgs[f"unique={unique},model=1B,objective={objective},scale=cpu"]
+      theirs = crossover.get_config(f"unique={unique},objective={objective},scale=cpu")
+      assert config_lib.to_json(mine) == config_lib.to_json(theirs)
+  # The 2B grid: a larger model, the same data and tokens, the paper's doubled batch.
+  small = cfgs["unique=10B,model=1B,objective=ar,scale=cpu"]
+  big = cfgs["unique=10B,model=2B,objective=ar,scale=cpu"]
+  assert big.model.d_model > small.model.d_model and big.data == small.data
+  assert big.train.global_batch == 2 * small.train.global_batch
+  # Noise at the smallest budget (192 epochs), on the same stream as its ar / mdm runs.
+  noisy = [a for a in runs if "rate=" in a]
+  assert len(noisy) == 6
+  base = cfgs["unique=0.5B,model=1B,objective=ar,scale=cpu"]
+  for a in noisy:
+    assert cfgs[a].data == base.data and cfgs[a].train == base.train
+  assert cfgs["objective=ar_dropout,rate=0.9,scale=cpu"].objective_args.ar_dropout.rate == 0.9
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("objective=ar_dropout,unique=10B", "noise runs are at unique=0.5B"),
+    ("objective=mdm,rate=0.5", "rate applies only with"),
+    ("model=8B", "unknown value model='8B'"),
+])
+def test_replication_argument_errors(arg, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    _load("replication").get_config(arg)
