@@ -34,7 +34,7 @@ setup(
         # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies; lm_eval
         # (~200 MB with its dependencies) so CI runs the lm-eval adapter's tests.
         "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
-                 "lm_eval>=0.4.13,<0.5"],
+                 "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
@@ -44,6 +44,7 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
+        "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
     },
     entry_points={"console_scripts": [
         "dlmscale=dlmscale.main:run",
