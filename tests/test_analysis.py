@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -309,6 +310,15 @@ def test_runs_of_one_data_config_with_different_streams_are_refused(tmp_path):
   assert "NOT token-matched" in summary["text"]
 
 
+def test_a_run_without_a_fingerprint_yet_does_not_hide_a_mismatch(tmp_path):
+  run = write_run(str(tmp_path), "a", "ar", SMALL_U, AR_SMALL[:2], finished=False)
+  shutil.rmtree(os.path.join(run, "ar", "checkpoints"))  # before its first checkpoint
+  write_run(str(tmp_path), "b", "ar", SMALL_U, AR_SMALL)
+  write_run(str(tmp_path), "c", "mdm", SMALL_U, DLM_SMALL, fingerprint="c" * 64)
+  with pytest.raises(DlmscaleError, match="b/ar and c/mdm share a data config"):
+    analyze([str(tmp_path)], str(tmp_path / "out"), plots=False)
+
+
 def test_runs_on_different_prepared_data_are_refused(tmp_path):
   write_run(str(tmp_path), "a", "ar", SMALL_U, AR_SMALL)
   write_run(str(tmp_path), "b", "mdm", SMALL_U, DLM_SMALL,
@@ -324,6 +334,31 @@ def test_a_run_and_a_sweep_can_be_mixed_and_equal_names_are_told_apart(sweep, tm
   # The same run name under two roots is prefixed by the root's name.
   assert f"{os.path.basename(sweep)}/unique-small_objective-ar" in names
   assert f"{os.path.basename(str(tmp_path))}/unique-small_objective-ar" in names
+
+
+def test_model_sizes_are_separate_groups_of_one_stream(tmp_path):
+  """Two models on one stream: compared within each model, fingerprints across both."""
+  for d_model in (64, 128):
+    write_run(str(tmp_path), f"d{d_model}-ar", "ar", SMALL_U, AR_SMALL, d_model=d_model)
+    write_run(str(tmp_path), f"d{d_model}-mdm", "mdm", SMALL_U, DLM_SMALL, d_model=d_model)
+  summary = analyze([str(tmp_path)], str(tmp_path / "out"), plots=False)
+  assert [g["model"] for g in summary["groups"]] == ["d128xL2", "d64xL2"]
+  for g in summary["groups"]:
+    [c] = g["crossovers"]["val"]
+    assert c["ar"].split("-")[0] == c["dlm"].split("-")[0] and c["index"] == 4
+
+
+def test_eval_json_adds_its_metrics_at_its_step(tmp_path):
+  """--mode=eval scores tasks on the final checkpoint later: its numbers join that point."""
+  run = write_run(str(tmp_path), "r", "mdm", SMALL_U, DLM_SMALL)
+  with open(os.path.join(run, "eval.json"), "w") as f:
+    json.dump([{"objective": "mdm", "steps": STEPS, "tokens_seen": STEPS * TOKENS_PER_STEP,
+                "epochs": 32.0, "val_kind": "elbo", "val_mean": 2.371, "val_stderr": 0.021,
+                "tasks": {"piqa": {"acc": 0.61, "acc_stderr": 0.02, "examples": []}}}], f)
+  [s] = collect([run])
+  last = s.points[-1]
+  assert (last["val_mean"], last["piqa/acc"], last["piqa/acc_stderr"]) == (2.371, 0.61, 0.02)
+  assert [p["val_mean"] for p in s.points[:-1]] == DLM_SMALL[:-1]
 
 
 # ---- plots ---------------------------------------------------------------------------------------

@@ -282,22 +282,25 @@ def collect(roots: list[str]) -> list[Series]:
 # ---- token-matching ------------------------------------------------------------------------------
 
 def token_match_problems(series: list[Series]) -> list[str]:
-  """One line for each pair of runs whose data configs agree but whose streams (or prepared data)
-  differ: such runs did not see the same tokens, so comparing them is not token-matched."""
-  problems, first = [], {}
+  """One line for each run whose data config matches an earlier run's but whose stream (or
+  prepared data) fingerprint differs: the two did not see the same tokens, so comparing them is
+  not token-matched. A series without a fingerprint yet (a run before its first checkpoint) is
+  not compared on it."""
+  problems = []
+  first: dict[tuple[str, str], tuple[Series, str]] = {}  # (stream key, what) -> first seen
   for s in series:
-    ref = first.setdefault(s.stream_key, s)
-    if ref is s:
-      continue
-    for what, a, b in ([("stream fingerprint", ref.stream_fingerprint, s.stream_fingerprint)]
-                       + [(k.replace("_", " "), ref.data_fingerprints.get(k),
-                           s.data_fingerprints.get(k)) for k in DATA_FINGERPRINTS]):
-      if a and b and a != b:
+    values = {"stream fingerprint": s.stream_fingerprint}
+    values.update({k.replace("_", " "): s.data_fingerprints.get(k) for k in DATA_FINGERPRINTS})
+    for what, value in values.items():
+      if not value:
+        continue
+      ref, ref_value = first.setdefault((s.stream_key, what), (s, value))
+      if ref_value != value:
         d = s.config["data"]
         problems.append(
             f"{ref.run}/{ref.objective} and {s.run}/{s.objective} share a data config "
             f"(U={d['unique_tokens']:,}, T={d['total_tokens']:,} tokens) but their {what}s "
-            f"differ ({a[:12]} vs {b[:12]}): they did not see the same tokens")
+            f"differ ({ref_value[:12]} vs {value[:12]}): they did not see the same tokens")
         break
   return problems
 
