@@ -189,6 +189,7 @@ def test_a_lead_that_does_not_last_or_is_within_the_noise_is_no_crossover():
   # A DLM ahead from the first evaluation crossed before it: [0, first point].
   c = detect_crossover(_curve(ar, se), _curve([2.0] * 8, se), False)
   assert c["index"] == 0 and c["tokens"] == [0.0, 1] and c["epochs"] == [0.0, 1.0]
+  assert c["text"].startswith("DLM ahead by > 2 stderr at every evaluation: crossover before")
   # Without a stderr a lead never counts.
   c = detect_crossover(_curve(ar, float("nan")), _curve([2.0] * 8, se), False)
   assert not c["crossed"]

@@ -95,6 +95,11 @@ def detect_crossover(ar_points, dlm_points, higher_is_better: bool, *, z: float 
   before = pairs[index - 1][1] if index else Point(0.0, math.nan, math.nan, 0.0)
   out["tokens"] = [before.tokens, here.tokens]
   out["epochs"] = [before.epochs, here.epochs]
+  if index == 0:
+    out["text"] = (f"DLM ahead by > {z:g} stderr at every evaluation: crossover before the first "
+                   f"(0-{fmt.tokens(here.tokens)} tokens, epochs 0-{fmt.epochs(here.epochs)}), "
+                   f"to {within}")
+    return out
   out["text"] = (f"crossover between {fmt.tokens(before.tokens)} and "
                  f"{fmt.tokens(here.tokens)} tokens (epochs {fmt.epochs(before.epochs)}-"
                  f"{fmt.epochs(here.epochs)}); DLM ahead by > {z:g} stderr at each of the last "

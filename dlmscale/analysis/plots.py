@@ -22,6 +22,7 @@ STYLE = {"ar": "-", "dlm": "--"}
 KIND_NAME = {"ar": "AR", "dlm": "DLM"}
 NOISE_NAME = {"ar_input_mask": "AR input mask", "ar_dropout": "AR dropout"}
 VAL_LABEL = "validation loss (nats/token)"
+MAX_TOTALS = 4  # lines of different total T in one final-vs-unique panel
 # Chance accuracy of the multiple-choice tasks (PAPER.md; SciQ and OpenBookQA have 4 options).
 CHANCE = {"hellaswag": 0.25, "mmlu": 0.25, "arc_easy": 0.25, "arc_challenge": 0.25,
           "openbookqa": 0.25, "sciq": 0.25, "piqa": 0.5, "winogrande": 0.5}
@@ -169,7 +170,7 @@ def accuracy_curves(series: list[Series], out: epath.Path, colours) -> list[str]
 
 
 def _final_points(series: list[Series], metric: str):
-  """(U, T, mean, stderr) of each finished series' final evaluation of `metric`."""
+  """(U, T, Point) of each finished series' final evaluation of `metric`, by U."""
   out = []
   for s in series:
     if not s.finished:
@@ -183,27 +184,38 @@ def _final_points(series: list[Series], metric: str):
 
 def final_vs_unique(series: list[Series], out: epath.Path) -> list[str]:
   """(c) the final metric vs the unique budget (the paper's Figure A): x = unique tokens (log),
-  epochs on the top axis when every run has the same total T; one colour per model."""
+  epochs on the top axis when every run has the same total T; one colour per model and T."""
   plain = [s for s in series if s.noise_rate is None and s.finished]
   metrics = ["val"] + [f"{t}/acc" for t in _tasks(plain, "acc")]
   metrics = [m for m in metrics if any(_final_points([s], m) for s in plain)]
   if not metrics:
     return []
   fig, axes = _figure(len(metrics), "Final metric vs unique tokens (end of training; ±1 stderr)")
-  models = _by_model(plain)
-  totals = {int(s.config["data"]["total_tokens"]) for s in plain}
+  # One line per objective and (model, T): a line joins budgets of one compute budget only.
+  # The paper's figure has one T; of a grid of T, the (at most 4) with the most budgets.
+  budgets_of: dict[int, set] = {}
+  for s in plain:
+    d = s.config["data"]
+    budgets_of.setdefault(int(d["total_tokens"]), set()).add(int(d["unique_tokens"]))
+  totals = set(sorted(budgets_of, key=lambda t: (len(budgets_of[t]), t))[-MAX_TOTALS:])
+  plain = [s for s in plain if int(s.config["data"]["total_tokens"]) in totals]
+  lines: dict[tuple, list[Series]] = {}
+  for s in plain:
+    key = (s.model_label, int(s.config["data"]["total_tokens"]))
+    lines.setdefault(key + (s.kind, s.objective), []).append(s)
+  colour = {k: f"C{i % 10}" for i, k in enumerate(sorted({k[:2] for k in lines}))}
+  several_models = len({k[0] for k in lines}) > 1
   for ax, metric in zip(axes, metrics):
-    for i, (model, ss) in enumerate(models.items()):
-      for kind in ("ar", "dlm"):
-        for objective in sorted({s.objective for s in ss if s.kind == kind}):
-          pts = _final_points([s for s in ss if s.objective == objective], metric)
-          if not pts:
-            continue
-          name = _name(kind, objective) + (f", {model}" if len(models) > 1 else "")
-          ax.errorbar([u for u, _, _ in pts], [p.mean for _, _, p in pts],
-                      yerr=[p.stderr if finite(p.stderr) else 0 for _, _, p in pts],
-                      fmt=STYLE[kind], marker="o" if kind == "ar" else "s", ms=4, capsize=2,
-                      color=f"C{i}", label=name)
+    for (model, total, kind, objective), ss in sorted(lines.items()):
+      pts = _final_points(ss, metric)
+      if not pts:
+        continue
+      name = (_name(kind, objective) + (f", {model}" if several_models else "")
+              + (f", T={fmt.tokens(total)}" if len(totals) > 1 else ""))
+      ax.errorbar([u for u, _, _ in pts], [p.mean for _, _, p in pts],
+                  yerr=[p.stderr if finite(p.stderr) else 0 for _, _, p in pts],
+                  fmt=STYLE[kind], marker="o" if kind == "ar" else "s", ms=4, capsize=2,
+                  color=colour[(model, total)], label=name)
     # Ticks at the budgets themselves: log-axis minor labels would crowd a README-size panel.
     budgets = sorted({int(s.config["data"]["unique_tokens"]) for s in plain})
     _, ticker, _ = _mpl()
