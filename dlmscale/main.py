@@ -18,7 +18,8 @@ from ml_collections import config_flags
 from dlmscale import config_files
 
 MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile", "config",
-         "sweep", "plan")
+         "sweep", "plan", "analyze")
+_NO_CONFIG_MODES = ("sweep", "plan", "analyze")
 _WORKDIR_MODES = ("train", "eval", "sample", "code", "sweep")
 _SAVED_CONFIG_MODES = ("eval", "sample", "code")
 _JSON_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config.py")
@@ -53,6 +54,13 @@ _LAUNCH_OPTIONS = flags.DEFINE_multi_string(
 _MFU = flags.DEFINE_float("mfu", 0.4, "plan: the model FLOPs utilisation chip-hours assume.")
 _PLAN_COMPILE = flags.DEFINE_bool("compile", False, "plan: also compile each run for --topology "
                                   "(per-chip memory; needs libtpu).")
+# Analysis across runs.
+_RUNS = flags.DEFINE_list("runs", [], "analyze: run or sweep directories, comma-separated.")
+_OUT = flags.DEFINE_string("out", None, "analyze: where the table, summary and plots go.")
+_METRIC = flags.DEFINE_string("metric", "val", "analyze: the headline metric, 'val' or "
+                              "'<task>/<metric>' (e.g. heldout/acc).")
+_FORCE = flags.DEFINE_bool("force", False, "analyze: compare runs that are not token-matched.")
+_PLOTS = flags.DEFINE_bool("plots", True, "analyze: draw PNG plots (the 'plot' extra).")
 
 
 def _fail(message: str) -> None:
@@ -146,7 +154,7 @@ def main(argv) -> None:
   if len(argv) > 1 and mode != "sweep":
     _fail(f"unexpected arguments {argv[1:]}: pass options as --flag=value")
   spec = _config_spec()
-  if spec is None and mode not in ("sweep", "plan"):
+  if spec is None and mode not in _NO_CONFIG_MODES:
     _fail("--config is required, e.g. --config=experiments/quickstart.py")
   if spec is not None and not os.path.isfile(spec.split(":", 1)[0]):
     _fail(f"config file {spec.split(':', 1)[0]!r} not found: pass --config=path/to/experiment.py")
@@ -163,7 +171,8 @@ def main(argv) -> None:
         cfg=_CONFIG.value, config_spec=spec, workdir=_WORKDIR.value, topology=_TOPOLOGY.value,
         study=_STUDY.value, scale=_SCALE.value, dry_run=_DRY_RUN.value, launcher=_LAUNCHER.value,
         parallel=_PARALLEL.value, yes=_YES.value, launch_options=tuple(_LAUNCH_OPTIONS.value),
-        mfu=_MFU.value, compile=_PLAN_COMPILE.value,
+        mfu=_MFU.value, compile=_PLAN_COMPILE.value, runs=tuple(_RUNS.value), out=_OUT.value,
+        metric=_METRIC.value, force=_FORCE.value, plots=_PLOTS.value,
         distributed=(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                      _CPU_COLLECTIVES.value, _MULTIHOST.value), run_args=tuple(argv[1:])))
   except modes.INTERRUPTED as e:

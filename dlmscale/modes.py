@@ -9,6 +9,7 @@ compile  the sharded train step compiled by libtpu for a TPU topology, on this h
 config   the fully resolved config as JSON (readable back with --config=FILE.json)
 sweep    a study's runs, one workdir each, locally or as TPU VM / xpk commands
 plan     a study's runs priced in parameters, FLOPs, tokens and chip-hours
+analyze  runs and sweeps in one table, crossover points, the data potential R*, plots
 
 eval, sample and code read the run's own saved config: a --config that changes anything but
 eval.*, sample.*, code.* (or picks fewer objectives) is refused.
@@ -23,6 +24,7 @@ import time
 
 import jax
 
+from dlmscale import analysis
 from dlmscale import compile as compile_lib
 from dlmscale import config as config_lib
 from dlmscale import config_files, launchers, parallel, planner
@@ -38,7 +40,7 @@ from dlmscale.runner import Preempted, evaluate, run_training
 from dlmscale.sampling import generate_text
 
 log = logging.getLogger("dlmscale")
-_DATA_FREE_MODES = ("compile", "config", "plan", "sweep")
+_DATA_FREE_MODES = ("compile", "config", "plan", "sweep", "analyze")
 # What eval, sample and code may change in a trained run's config: nothing they read for the
 # model or its data, so tokens seen, epochs and the validation set stay the run's own.
 CHECKPOINT_MODE_CHANGES = ("eval.", "sample.", "code.", "objectives")
@@ -62,6 +64,11 @@ class Options:
   compile: bool = False
   distributed: tuple = (None, None, None, None, False)
   run_args: tuple[str, ...] = ()  # sweep: arguments after `--`, passed to every run
+  runs: tuple[str, ...] = ()
+  out: str | None = None
+  metric: str = "val"
+  force: bool = False
+  plots: bool = True
 
 
 # The CLI's exit codes beyond 0 and 2 (a one-line user error): interrupted by SIGTERM, the state
@@ -90,6 +97,7 @@ def run(mode: str, o: Options):
       "config": lambda: show_config(o.cfg),
       "sweep": lambda: sweep(o),
       "plan": lambda: plan(o),
+      "analyze": lambda: analyze(o),
   }
   return handlers[mode]()
 
@@ -379,3 +387,14 @@ def plan(o: Options) -> list[dict]:
   print(planner.format_plan(rows), flush=True)
   print(json.dumps(rows, indent=1, sort_keys=True), flush=True)
   return rows
+
+
+def analyze(o: Options) -> dict:
+  """Runs (or sweeps) collected into one table, crossovers, the data potential R* and plots."""
+  if not o.runs or not o.out:
+    raise ConfigError("--mode=analyze needs --runs=DIR[,DIR...] (runs or sweeps) and --out=DIR, "
+                      "e.g. --runs=runs/replication --out=runs/replication/analysis")
+  summary = analysis.analyze(list(o.runs), o.out, metric=o.metric, force=o.force,
+                             plots=o.plots)
+  print(summary["text"], flush=True)
+  return summary

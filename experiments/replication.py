@@ -1,18 +1,19 @@
 """The small-scale replication of the paper's three central claims, as one sweep (README,
 "Replication"): the crossover grid at two model sizes, and AR noise at the smallest budget.
 
-1. crossover vs unique data (PAPER.md "Claim", Figure A's grid): unique=0.5B / 1.5B / 10B / 96B
-   (192 / 64 / 9.6 / 1 epochs of the same total), AR vs masked diffusion;
+1. crossover vs unique data (PAPER.md "Claim", Figure A's grid): unique=0.5B / 1B / 1.5B / 10B /
+   96B (192 / 96 / 64 / 9.6 / 1 epochs of the same total), AR vs masked diffusion; five budgets
+   per objective and size are what the data-potential fit (R*, four parameters) needs;
 2. model size: the same grid with the next model of experiments/model_size.py ("2B": its twin,
    at the paper's doubled batch); the crossover should come earlier for the larger model;
 3. noise: AR + input masking and AR + dropout at rates 0.1 / 0.5 / 0.9 at unique=0.5B (192
    epochs), against that budget's AR and DLM runs: noise helps AR but does not close the gap.
 
-Arguments: unique=0.5B|1.5B|10B|96B, model=1B|2B, objective=ar|mdm|ar_input_mask|ar_dropout,
+Arguments: unique=0.5B|1B|1.5B|10B|96B, model=1B|2B, objective=ar|mdm|ar_input_mask|ar_dropout,
 rate=0.1|0.5|0.9 (noise objectives only), scale=cpu|gpu|paper (default cpu: this file exists to
-be run here). runs(scale) gives 22 runs. Every run is experiments/crossover.py's recipe (same data
-config, total tokens, budgets, optimizer, evaluation points); model=1B runs with ar or mdm are
-exactly crossover.py's runs of the same budget.
+be run here). runs(scale) gives 26 runs. Every run is experiments/crossover.py's recipe (same data
+config, total tokens, budgets, optimizer, evaluation points); the model=1B runs with ar or mdm are
+exactly crossover.py's runs.
 
   python -m dlmscale.main --mode=sweep --study=experiments/replication.py --scale=cpu \
       --workdir=runs/replication
@@ -23,7 +24,7 @@ from dlmscale.errors import ConfigError
 
 NAME = "replication"
 SCALES = ("cpu", "gpu", "paper")
-UNIQUE = ("0.5B", "1.5B", "10B", "96B")
+UNIQUE = ("0.5B", "1B", "1.5B", "10B", "96B")
 TOTAL = 96  # paper billions of tokens
 SIZES = ("1B", "2B")
 BATCH_MULT = {"1B": 1, "2B": 2}  # the paper's batch for 1.5-5B models

@@ -231,12 +231,12 @@ def test_the_config_flag_passes_the_argument_string():
 def test_replication_is_the_crossover_grid_at_two_sizes_plus_noise_at_the_smallest_budget():
   rep, crossover = _load("replication"), _load("crossover")
   runs = rep.runs("cpu")
-  assert len(runs) == 22 and len(set(runs)) == 22
+  assert len(runs) == 26 and len(set(runs)) == 26
   cfgs = {a: rep.get_config(a) for a in runs}
   for cfg in cfgs.values():
     config_lib.validate(cfg)
   # Its 1B ar/mdm runs are the crossover study's runs of the same budget, config for config.
-  for unique in ("0.5B", "1.5B", "10B", "96B"):
+  for unique in ("0.5B", "1B", "1.5B", "10B", "96B"):
     for objective in ("ar", "mdm"):
       mine = cfgs[f"unique={unique},model=1B,objective={objective},scale=cpu"]
       theirs = crossover.get_config(f"unique={unique},objective={objective},scale=cpu")
