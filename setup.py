@@ -33,8 +33,10 @@ setup(
     extras_require={
         # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies; lm_eval
         # (~200 MB with its dependencies) so CI runs the lm-eval adapter's tests.
+        # nbclient + ipykernel execute notebooks/small_scale_replication.ipynb in the tests.
         "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
-                 "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4"],
+                 "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4", "nbclient>=0.10,<0.12",
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
