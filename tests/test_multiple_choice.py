@@ -187,11 +187,10 @@ def test_format_table_shows_mean_and_stderr_per_metric():
 def trained_ar(tmp_path_factory):
   """The tiny config's AR model after 4 training steps, loaded as every evaluator loads one."""
   from dlmscale import experiment, runner
-  from dlmscale.evaluation import loaded
   cfg = tiny_config()
   workdir = tmp_path_factory.mktemp("multiple_choice")
   runner.run_training(experiment.build_experiment(cfg, "ar"), str(workdir / "ar"), stop_after=4)
-  return loaded.load_model(cfg, str(workdir), "ar")
+  return experiment.load_model(cfg, str(workdir), "ar")
 
 
 def test_end_to_end_with_the_real_scorer_on_a_tiny_trained_model(trained_ar):
