@@ -276,7 +276,7 @@ def test_code_command_scores_each_checkpoint_and_skips_prompts_too_long(tmp_path
   """code_command generates from the saved checkpoint as generate_text does from the same
   parameters, skips the prompts that do not fit the window, and writes the full results."""
   from dlmscale import experiment  # noqa: PLC0415  (heavy: prepares the corpus)
-    from dlmscale.sampling import generate_text  # noqa: PLC0415
+  from dlmscale.sampling import generate_text  # noqa: PLC0415
   # seq_len 160 holds MBPP/11 (146 bytes) and MBPP/14 (108) with 8 new tokens, not 12 or 13.
   cfg = tiny_config(**{"objectives": ("mdm",), "data.seq_len": 160, "data.total_tokens": 8192,
                        "sample.max_new_tokens": 8, "sample.steps": 4, "sample.temperature": 0.8,

@@ -355,7 +355,7 @@ def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   as generate_text does from the same parameters in memory. One checkpoint (random params,
   zero optimizer state) serves both objectives: they share the network."""
   from dlmscale import experiment  # noqa: PLC0415  (heavy: prepares the tiny corpus)
-    cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
+  cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
                        "sample.num_samples": 2, "sample.steps": 3})
   exp = experiment.build_experiment(cfg, "ar")
   abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, 0))
