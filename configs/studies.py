@@ -184,3 +184,26 @@ def with_run(c, scale: str, objective: str, data: dict, unique_tokens: int, tota
     points = CURVE_POINTS
   c.eval.every = math.ceil(steps / points) if points else 0
   return c
+
+
+NOISE_RATES = ("0.1", "0.3", "0.5", "0.7", "0.9")
+
+
+def noise_study(name: str, noisy: str):
+  """(get_config, runs) of a noise study: `noisy` (an AR objective with a `rate`) at NOISE_RATES,
+  plus plain AR and masked diffusion, at the 1B unique x 96 epochs budget of the 1B model."""
+  choices = {"objective": (noisy,) + OBJECTIVES, "rate": NOISE_RATES, "scale": SCALES}
+
+  def get_config(arg=None):
+    a = parse_args(name, arg, choices, only_with={"rate": ("objective", noisy)})
+    scale, objective = a["scale"], a["objective"]
+    return study_config(scale, objective, model=MODEL_1B[scale], unique_tokens=tokens(scale, 1),
+                        total_tokens=tokens(scale, 96),
+                        rate=a["rate"] if objective == noisy else None)
+
+  def runs(scale="paper"):
+    check_scale(name, scale)
+    return ([run_arg(objective=noisy, rate=r, scale=scale) for r in NOISE_RATES]
+            + [run_arg(objective=o, scale=scale) for o in OBJECTIVES])
+
+  return get_config, runs

@@ -20,22 +20,4 @@ from configs import studies
 
 NAME = "input_noise"
 SCALES = studies.SCALES  # what a sweep may ask runs() for
-NOISY = "ar_input_mask"
-RATES = ("0.1", "0.3", "0.5", "0.7", "0.9")
-UNIQUE, TOTAL = 1, 96  # paper billions of tokens
-CHOICES = {"objective": (NOISY,) + studies.OBJECTIVES, "rate": RATES, "scale": studies.SCALES}
-
-
-def get_config(arg=None):
-  a = studies.parse_args(NAME, arg, CHOICES, only_with={"rate": ("objective", NOISY)})
-  scale, objective = a["scale"], a["objective"]
-  return studies.study_config(scale, objective, model=studies.MODEL_1B[scale],
-                              unique_tokens=studies.tokens(scale, UNIQUE),
-                              total_tokens=studies.tokens(scale, TOTAL),
-                              rate=a["rate"] if objective == NOISY else None)
-
-
-def runs(scale="paper"):
-  studies.check_scale(NAME, scale)
-  return ([studies.run_arg(objective=NOISY, rate=r, scale=scale) for r in RATES]
-          + [studies.run_arg(objective=o, scale=scale) for o in studies.OBJECTIVES])
+get_config, runs = studies.noise_study(NAME, "ar_input_mask")
