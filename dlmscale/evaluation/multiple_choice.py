@@ -128,14 +128,16 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
 def evaluate_tasks(scorer, task_names, *, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
                    paths: dict[str, str] | None = None) -> dict[str, dict]:
   """{task: metrics} for each named task (see dlmscale.evaluation.tasks), read from paths[task]
-  when given, else from the packaged data."""
+  when given, else from the packaged data; `heldout` tasks from the scorer's model's own
+  validation split, drawn with `seed`."""
   names = check_task_names(task_names)
   paths = dict(paths or {})
   extra = sorted(set(paths) - set(names))
   if extra:
     raise ConfigError(f"paths given for tasks not evaluated: {extra}; add them to the task list")
-  return {name: score_task(scorer, load_task(name, paths.get(name)), num_fewshot=num_fewshot,
-                           limit=limit, seed=seed)
+  lm = getattr(scorer, "lm", None)
+  return {name: score_task(scorer, load_task(name, paths.get(name), lm=lm, seed=seed),
+                           num_fewshot=num_fewshot, limit=limit, seed=seed)
           for name in names}
 
 
