@@ -5,7 +5,8 @@ Public API for use from other JAX code (no CLI needed):
   objectives                         the loss registry: get(name), register(name), names()
   default_config, validate           the experiment config schema
   make_mesh, param_shardings         sharding helpers
-  init_state, make_train_step        the pure train step; restore_params for checkpoints
+  init_state, make_train_step        the pure train step (dlmscale.experiment.load_model restores
+                                     a checkpoint)
 """
 from dlmscale import objectives
 from dlmscale.config import default_config, validate
