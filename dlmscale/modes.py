@@ -16,6 +16,7 @@ eval.*, sample.*, code.* (or picks fewer objectives) is refused.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -374,7 +375,7 @@ def plan(o: Options) -> list[dict]:
   if o.compile and not o.topology:
     raise ConfigError("--compile needs --topology=<TPU slice>, e.g. v5p-128")
   rows = []
-  for name, cfg in runs:
+  for name, cfg in _one_objective_each(runs):
     vocab, _ = experiment_lib.tokenizer_ids(cfg)
     row = planner.plan_run(cfg, name, accel, o.mfu, vocab)
     if o.compile:
@@ -387,6 +388,16 @@ def plan(o: Options) -> list[dict]:
   print(planner.format_plan(rows), flush=True)
   print(json.dumps(rows, indent=1, sort_keys=True), flush=True)
   return rows
+
+
+def _one_objective_each(runs):
+  """(name, cfg) pairs with one objective each: a config naming several trains each of them."""
+  for name, cfg in runs:
+    names = config_lib.objective_names(cfg)
+    for objective in names:
+      one = copy.deepcopy(cfg)
+      one.objectives = (objective,)
+      yield (name if len(names) == 1 else f"{name}:{objective}"), one
 
 
 def analyze(o: Options) -> dict:

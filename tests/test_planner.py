@@ -80,3 +80,14 @@ def test_plan_compile_adds_per_chip_memory(tmp_path_factory):
   assert done.returncode == 0, done.stderr[-2000:]
   [row] = json.loads(done.stdout[done.stdout.index("\n[") + 1:])
   assert 0 < row["memory_per_chip_gib"] < 1 and row["fits"] is True
+
+
+def test_a_config_with_two_objectives_is_priced_once_per_objective(tmp_path_factory):
+  done = subprocess.run([sys.executable, "-m", "dlmscale.main", "--mode=plan",
+                         "--config=tests/configs/tiny.py", "--topology=v5p-8"],
+                        cwd=ROOT, env=cli_env(tmp_path_factory), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = json.loads(done.stdout[done.stdout.index("\n[") + 1:])
+  assert [(r["run"], r["objective"]) for r in rows] == [("tiny.py:ar", "ar"), ("tiny.py:mdm", "mdm")]
+  assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]
