@@ -182,6 +182,17 @@ def _final_points(series: list[Series], metric: str):
   return sorted(out, key=lambda x: x[0])
 
 
+def _spaced(values: list[float], min_ratio: float = 1.6) -> list[bool]:
+  """Which of the sorted values get a tick label on a log axis: labels of values closer than
+  min_ratio to the last labelled one would overlap at README size."""
+  shown, last = [], None
+  for v in values:
+    keep = last is None or v / last >= min_ratio
+    shown.append(keep)
+    last = v if keep else last
+  return shown
+
+
 def final_vs_unique(series: list[Series], out: epath.Path) -> list[str]:
   """(c) the final metric vs the unique budget (the paper's Figure A): x = unique tokens (log),
   epochs on the top axis when every run has the same total T; one colour per model and T."""
@@ -220,7 +231,8 @@ def final_vs_unique(series: list[Series], out: epath.Path) -> list[str]:
     budgets = sorted({int(s.config["data"]["unique_tokens"]) for s in plain})
     _, ticker, _ = _mpl()
     ax.set_xscale("log")
-    ax.set_xticks(budgets, [fmt.tokens(u) for u in budgets])
+    shown = _spaced(budgets)
+    ax.set_xticks(budgets, [fmt.tokens(u) if keep else "" for u, keep in zip(budgets, shown)])
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("unique tokens U")
     task, _, m = metric.rpartition("/")
@@ -233,7 +245,8 @@ def final_vs_unique(series: list[Series], out: epath.Path) -> list[str]:
       # matplotlib also maps 0 and the axis limits: keep the division finite there
       to_epochs = lambda u, t=total: t / np.maximum(u, 1e-300)
       top = ax.secondary_xaxis("top", functions=(to_epochs, to_epochs))
-      top.set_xticks([total / u for u in budgets], [fmt.epochs(total / u) for u in budgets])
+      top.set_xticks([total / u for u in budgets],
+                     [fmt.epochs(total / u) if keep else "" for u, keep in zip(budgets, shown)])
       top.xaxis.set_minor_formatter(ticker.NullFormatter())
       top.set_xlabel("epochs (T / U)", fontsize=8)
     ax.grid(alpha=0.3)
