@@ -15,7 +15,7 @@
 # PYTHON (default python3.11), SKIP_INSTALL=1 to reuse the hosts' install.
 # The workdir and data.prepared_dir must be on storage every host sees (NFS or a gcsfuse
 # mount). To create, queue or delete slices and run a whole study, use the sweep's tpu_vm
-# launcher (dlmscale/sweep.py, dlmscale/launchers.py: the same install and run commands).
+# launcher (dlmscale/sweep/, dlmscale/launchers.py: the same install and run commands).
 # Untested on TPUs here; tests/test_launchers.py runs it against a fake gcloud.
 set -euo pipefail
 if [[ $# -lt 3 || "$3" != "--" ]]; then

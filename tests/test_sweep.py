@@ -1,4 +1,4 @@
-"""Sweeps (dlmscale/sweep.py) over tests/configs/tiny_study.py (2 budgets x {ar, mdm}, 16 steps).
+"""Sweeps (dlmscale/sweep/) over tests/configs/tiny_study.py (2 budgets x {ar, mdm}, 16 steps).
 
 Planning: names, commands, budgets; every run built, validated and its corpus checked before
 anything launches (nothing is written when one is bad). Dry runs, local and cloud, launch
