@@ -299,3 +299,16 @@ def test_config_file_argument_errors_are_one_line(trained):
   assert_user_error(proc, "quickstart")
   proc = run_bare(env, "--mode=eval", f"--workdir={REPO / 'tests'}")
   assert_user_error(proc, "no saved config", "--config")
+
+
+def test_analyze_mode_reads_a_trained_run_and_refuses_a_directory_without_one(trained, tmp_path):
+  env, workdir = trained
+  out = tmp_path / "analysis"
+  proc = run_bare(env, "--mode=analyze", f"--runs={workdir}", f"--out={out}", "--noplots")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((workdir / "results.json").read_text())[0]
+  assert f"{result['val_mean']:.4f}" in proc.stdout  # the summary table holds the run's number
+  assert (out / "runs.csv").exists() and not list(out.glob("*.png"))
+  assert_user_error(run_bare(env, "--mode=analyze", f"--runs={tmp_path / 'none'}",
+                             f"--out={out}"), "no run found")
+  assert_user_error(run_bare(env, "--mode=analyze", f"--runs={workdir}"), "--out")
