@@ -7,6 +7,9 @@ Two dispatch implementations compute the same function (up to dropped tokens):
   (one batch row = one group, so the einsums shard along the batch like the rest of the network);
   each expert takes at most C = ceil(capacity_factor * L * k / E) assignments per group, top-1
   choices before top-2 ones and earlier tokens first; the rest are dropped and counted.
+- "dropless_a2a" / "dropless_gather": the dropless function built for TPU, per-chip grouped
+  matmuls (Pallas megablox on TPU) under shard_map, with a token all-to-all over the expert axis
+  or the expert weights gathered per layer (moe_tpu.py).
 
 Aux terms (all fp32 scalars unless noted):
 - load_balance_loss = E * sum_e f_e * p_e, with f_e the fraction of the T*k assignments routed to
@@ -28,11 +31,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlmscale.models import moe_tpu
 from dlmscale.models.layers import SwiGLU, dropout, param
 from dlmscale.parallel import constrain
 
 ROUTERS = ("softmax", "sigmoid")
-DISPATCHES = ("dropless", "capacity")
+DISPATCHES = ("dropless", "capacity", *moe_tpu.TPU_DISPATCHES)
 
 
 def router_aux(logits_TxE, scores_TxE, experts_TxK, router: str):
@@ -140,6 +144,11 @@ class MoE(nnx.Module):
       y, dropped = self._capacity(x_BxLxD, weights_TxK.reshape(b, l, kk),
                                   experts_TxK.reshape(b, l, kk), dropout_rate, k_routed)
       y_BxLxD = y.reshape(b, l, d)
+    elif cfg.moe_dispatch in moe_tpu.TPU_DISPATCHES:
+      y = moe_tpu.dispatch(cfg.moe_dispatch, x_TxD, weights_TxK, experts_TxK, self.w_gate[...],
+                           self.w_up[...], self.w_down[...], dropout_rate=dropout_rate,
+                           key=k_routed)
+      y_BxLxD, dropped = y.reshape(b, l, d), jnp.zeros((), jnp.float32)
     else:
       y, dropped = self._dropless(x_TxD, weights_TxK, experts_TxK, dropout_rate, k_routed)
       y_BxLxD = y.reshape(b, l, d)
