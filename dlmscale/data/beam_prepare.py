@@ -336,11 +336,18 @@ def _prepare_into(spec: PrepareSpec, tmp: str, options, chunk_rows: int) -> dict
   tok = load_tokenizer(spec, decontaminator, tmp)
   url = options.get_all_options().get("prepared_dir_url")
   directory = f"{url.rstrip('/')}/{os.path.basename(tmp)}" if url else tmp
+  beam_log = logging.getLogger("apache_beam")
+  level = beam_log.level
+  # The runner logs a worker's exception with its traceback before re-raising it, wrapped:
+  # the unwrapped message below is the one line a user needs.
+  beam_log.setLevel(logging.CRITICAL)
   try:
     with beam.Pipeline(options=options) as p:
       _build(p, spec, tok, decontaminator, directory, chunk_rows)
   except Exception as e:  # noqa: BLE001  (runners wrap worker errors in their own types)
     raise _worker_error(e) from None
+  finally:
+    beam_log.setLevel(level)
   summary_path = os.path.join(tmp, SUMMARY_FILE)
   with open(summary_path) as f:
     summary = json.load(f)
