@@ -84,11 +84,6 @@ def attention_weights(q_BxLxNxH, k_BxSxKxH, *, causal: bool, lengths_B=None):
   return _masked_softmax(scores, allowed)
 
 
-def masked_attention_weights(q_BxLxNxH, k_BxSxKxH, allowed_BxLxS):
-  """attention_weights with an explicit per-row mask of the keys each query may see."""
-  return _masked_softmax(_scores(q_BxLxNxH, k_BxSxKxH), allowed_BxLxS[:, None, None])
-
-
 class Attention(nnx.Module):
   """Multi-head attention with optional grouped KV heads, per-head q/k RMSNorm and RoPE, no biases."""
 
@@ -128,18 +123,45 @@ class Attention(nnx.Module):
     probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(x_BxLxD.dtype)
     return self._output(probs_BxNxLxS, v)
 
-  def extend(self, x_BxTxD, k_BxSxKxH, v_BxSxKxH, *, positions_BxT, index, allowed_BxTxS):
-    """Attends T new tokens through a KV cache (inference; no dropout).
+  def attend(self, x_BxTxD, positions_BxT, allowed_BxTxT, cache=None):
+    """Inference attention of T new tokens (no dropout) to each other and to cached keys.
 
-    Their keys and values are written at cache slots [index, index + T); `positions_BxT` are their
-    absolute (RoPE) positions and `allowed_BxTxS` the slots each may attend to (its own included).
-    Returns (y_BxTxD, k_BxSxKxH, v_BxSxKxH) with the updated cache."""
+    positions_BxT: their absolute (RoPE) positions; allowed_BxTxT: which new tokens each may see.
+    cache: None, or (k_BxKxSxH, v_BxKxSxH, allowed_BxTxS), the cached slots each new token may see
+    (never the slots the new tokens will be written to: their fresh keys are the new columns).
+    Returns (y_BxTxD, k_BxKxTxH, v_BxKxTxH): the output and the new tokens' keys and values, in
+    the cache's slots-after-heads layout (a decode step's dot products then read each head's
+    slots contiguously, with no transposed copy of the cache)."""
+    b, t, _ = x_BxTxD.shape
     q, k, v = self._project(x_BxTxD, positions_BxT)
-    k_BxSxKxH = jax.lax.dynamic_update_slice(k_BxSxKxH, k.astype(k_BxSxKxH.dtype), (0, index, 0, 0))
-    v_BxSxKxH = jax.lax.dynamic_update_slice(v_BxSxKxH, v.astype(v_BxSxKxH.dtype), (0, index, 0, 0))
-    probs_BxNxTxS = masked_attention_weights(q, k_BxSxKxH, allowed_BxTxS)
-    y_BxTxD = self._output(probs_BxNxTxS.astype(x_BxTxD.dtype), v_BxSxKxH.astype(x_BxTxD.dtype))
-    return y_BxTxD, k_BxSxKxH, v_BxSxKxH
+    n, h = q.shape[2], q.shape[3]
+    kh = k.shape[2]
+    dt = x_BxTxD.dtype if cache is None else cache[0].dtype
+    k_BxKxTxH, v_BxKxTxH = (a.astype(dt).transpose(0, 2, 1, 3) for a in (k, v))
+    q_BxKxGxTxH = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+    scale = jnp.sqrt(h).astype(jnp.float32)
+    scores = jnp.einsum("bkgth,bkuh->bkgtu", q_BxKxGxTxH, k_BxKxTxH,
+                        preferred_element_type=jnp.float32) / scale
+    allowed = allowed_BxTxT[:, None, None]
+    values = [v_BxKxTxH]
+    if cache is not None:
+      k_BxKxSxH, v_BxKxSxH, allowed_BxTxS = cache
+      cached = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH,
+                          preferred_element_type=jnp.float32) / scale
+      scores = jnp.concatenate([cached, scores], axis=-1)
+      allowed = jnp.concatenate([allowed_BxTxS[:, None, None], allowed], axis=-1)
+      values = [v_BxKxSxH, v_BxKxTxH]
+    probs = _masked_softmax(scores, allowed).reshape(*scores.shape).astype(x_BxTxD.dtype)
+    out_BxKxGxTxH, start = 0, 0
+    for v_BxKxSxH in values:  # the cached slots' share, then the new tokens', summed in fp32
+      s = v_BxKxSxH.shape[2]
+      out_BxKxGxTxH += jnp.einsum("bkgts,bksh->bkgth", probs[..., start:start + s],
+                                  v_BxKxSxH.astype(x_BxTxD.dtype),
+                                  preferred_element_type=jnp.float32)
+      start += s
+    out_BxTxNxH = out_BxKxGxTxH.astype(x_BxTxD.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    y_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.wo[...].astype(x_BxTxD.dtype))
+    return y_BxTxD, k_BxKxTxH, v_BxKxTxH
 
 
 class SwiGLU(nnx.Module):

@@ -40,30 +40,43 @@ class Model:
                   dropout_key=dropout_key)
 
   def init_cache(self, batch_size: int, max_len: int, start_B=None) -> dict:
-    """An empty KV cache for `max_len` tokens per row: k and v [num_layers, B, max_len, K, H] in
-    the compute dtype, index (next slot to write, int32 scalar) and start_B (int32 [B]): row b is
-    left-padded, its real tokens start at slot start_B[b] (default 0) and slot s holds position
-    s - start_B[b], so rows of different prompt lengths share slots."""
+    """An empty KV cache for `max_len` tokens per row: k and v [num_layers, B, K, max_len, H] in
+    the compute dtype (slots after heads: a decode step reads each head's slots contiguously),
+    index (next slot to write, int32 scalar) and start_B (int32 [B]): row b is left-padded, its
+    real tokens start at slot start_B[b] (default 0) and slot s holds position s - start_B[b], so
+    rows of different prompt lengths share slots."""
     c = self.cfg
-    shape = (c.num_layers, batch_size, max_len, c.num_kv_heads, c.head_dim)
+    shape = (c.num_layers, batch_size, c.num_kv_heads, max_len, c.head_dim)
     start_B = jnp.zeros((batch_size,), jnp.int32) if start_B is None else start_B
     return {"k": jnp.zeros(shape, c.dtype), "v": jnp.zeros(shape, c.dtype),
             "index": jnp.zeros((), jnp.int32), "start_B": jnp.asarray(start_B, jnp.int32)}
 
-  def extend(self, params: dict, cache: dict, tokens_BxT):
-    """Causal forward of T new tokens through the KV cache: (logits_BxTxV fp32, new cache).
-
-    MoE layers always use dropless dispatch here (capacity dispatch groups a whole sequence, so a
-    token-by-token decode could not reproduce its drops)."""
+  def _inference_module(self, params: dict):
+    """The network for cached inference. MoE layers always use dropless dispatch here (capacity
+    dispatch groups a whole sequence, so a token-by-token decode could not reproduce its drops)."""
     graphdef = self.graphdef
     if self.cfg.num_experts and self.cfg.moe_dispatch != "dropless":
       graphdef = _dropless_graphdef(self.cfg)
-    return nnx.merge(graphdef, params).extend(tokens_BxT, cache)
+    return nnx.merge(graphdef, params)
+
+  def extend(self, params: dict, cache: dict, tokens_BxT):
+    """Causal forward of T new tokens through the KV cache: (logits_BxTxV fp32, new cache)."""
+    return self._inference_module(params).extend(tokens_BxT, cache)
+
+  def attend(self, params: dict, tokens_BxT, *, positions_BxT, allowed_BxTxT, kv=None,
+             cache_allowed_BxTxS=None):
+    """Inference pass with any attention pattern over new tokens and cached keys (see
+    Transformer.attend): (logits_BxTxV fp32, (k, v) [num_layers, B, K, T, H] of the new tokens).
+    A DLM sampler's block-wise approximate cache is built on it."""
+    return self._inference_module(params).attend(
+        tokens_BxT, positions_BxT=positions_BxT, allowed_BxTxT=allowed_BxTxT, kv=kv,
+        cache_allowed_BxTxS=cache_allowed_BxTxS)
 
   def prefill(self, params: dict, tokens_BxP, *, max_len: int, start_B=None):
-    """Runs a (left-padded, see init_cache) prompt into a fresh cache of `max_len` slots."""
+    """Runs a (left-padded, see init_cache) prompt into a fresh cache of `max_len` slots (the
+    prompt attends only to itself: the empty slots are not computed)."""
     cache = self.init_cache(tokens_BxP.shape[0], max_len, start_B)
-    return self.extend(params, cache, tokens_BxP)
+    return self._inference_module(params).extend(tokens_BxP, cache, fresh=True)
 
   def decode_step(self, params: dict, cache: dict, tokens_B):
     """One token per row at slot cache['index']: (next-token logits_BxV fp32, new cache)."""

@@ -109,7 +109,7 @@ def is_moe_layer(cfg: ModelConfig, i: int) -> bool:
 
 MOE_METRICS = ("load_balance_loss", "z_loss", "drop_fraction")
 ACTIVATION_AXES = ("batch", None, None)  # the [B, L, D] residual stream's logical axes
-CACHE_AXES = ("layers", "batch", None, "kv_heads", "kv")  # a KV cache's [N, B, S, K, H]
+CACHE_AXES = ("layers", "batch", "kv_heads", None, "kv")  # a KV cache's [N, B, K, S, H]
 
 
 class Block(nnx.Module):
@@ -134,10 +134,12 @@ class Block(nnx.Module):
       h, aux = h
     return x_BxLxD + dropout(h, rates["residual"], k_res2), aux
 
-  def extend(self, x_BxTxD, kv, **attend):
-    """Inference through a KV cache; kv = (k_BxSxKxH, v_BxSxKxH), attend: Attention.extend's
-    positions_BxT, index, allowed_BxTxS. Returns (x_BxTxD, updated kv)."""
-    h, k, v = self.attn.extend(self.attn_norm(x_BxTxD), *kv, **attend)
+  def attend(self, x_BxTxD, kv, **attend):
+    """Inference (Attention.attend); kv: None or this layer's cached (k_BxKxSxH, v_BxKxSxH).
+    Returns (x_BxTxD, (k_BxKxTxH, v_BxKxTxH) of the new tokens)."""
+    cache = None if kv is None else (*kv, attend["cache_allowed_BxTxS"])
+    h, k, v = self.attn.attend(self.attn_norm(x_BxTxD), attend["positions_BxT"],
+                               attend["allowed_BxTxT"], cache)
     x_BxTxD = x_BxTxD + h
     h = self.mlp(self.mlp_norm(x_BxTxD))
     if self.moe:
@@ -159,11 +161,13 @@ class Period(nnx.Module):
       x_BxLxD, aux = layer(x_BxLxD, causal=causal, lengths_B=lengths_B, rates=rates, key=k)
     return x_BxLxD, aux
 
-  def extend(self, x_BxTxD, kv, **attend):
-    """Block.extend over the period; kv arrays have a leading [moe_every] layer axis."""
+  def attend(self, x_BxTxD, kv, **attend):
+    """Block.attend over the period; kv arrays (and the returned ones) have a leading
+    [moe_every] layer axis."""
     ks, vs = [], []
     for i, layer in enumerate(self.layers):
-      x_BxTxD, (k, v) = layer.extend(x_BxTxD, (kv[0][i], kv[1][i]), **attend)
+      x_BxTxD, (k, v) = layer.attend(x_BxTxD, None if kv is None else (kv[0][i], kv[1][i]),
+                                     **attend)
       ks.append(k)
       vs.append(v)
     return x_BxTxD, (jnp.stack(ks), jnp.stack(vs))
@@ -263,43 +267,68 @@ class Transformer(nnx.Module):
     aux["aux_loss"] = sum(a["aux_loss"] for a in moe_aux)
     return logits_BxLxV, aux
 
-  def extend(self, tokens_BxT, cache: dict):
-    """Runs T new tokens through the KV cache (see Model.init_cache for its layout); returns
-    (logits_BxTxV fp32, cache with their keys and values written and index advanced by T)."""
+  def attend(self, tokens_BxT, *, positions_BxT, allowed_BxTxT, kv=None,
+             cache_allowed_BxTxS=None):
+    """Inference pass of T new tokens (no dropout) through optional cached keys and values.
+
+    kv: None or (k, v) [num_layers, B, K, S, H]; the new tokens see the cached slots where
+    cache_allowed_BxTxS and each other where allowed_BxTxT (causal for AR, any pattern for a
+    DLM's block). Returns (logits_BxTxV fp32, (k, v) [num_layers, B, K, T, H] of the new tokens).
+    The cache is only read here (writing it is the caller's single update), so a decode loop
+    updates it in place instead of copying a layer's slots at every layer."""
     cfg = self.cfg
-    t = tokens_BxT.shape[1]
-    k_NxBxSxKxH, v_NxBxSxKxH = (constrain(cache[n], CACHE_AXES) for n in ("k", "v"))
-    index, start_B = cache["index"], cache["start_B"]
-    slots_T = index + jnp.arange(t)
-    keys_S = jnp.arange(k_NxBxSxKxH.shape[2])
-    # Left-padded rows: slot s of row b holds position s - start_B[b]; slots before start are pad.
-    allowed_BxTxS = ((keys_S[None, None, :] >= start_B[:, None, None])
-                     & (keys_S[None, None, :] <= slots_T[None, :, None]))
-    attend = dict(positions_BxT=slots_T[None, :] - start_B[:, None], index=index,
-                  allowed_BxTxS=allowed_BxTxS)
+    attend = dict(positions_BxT=positions_BxT, allowed_BxTxT=allowed_BxTxT,
+                  cache_allowed_BxTxS=cache_allowed_BxTxS)
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.dtype)
+    if kv is not None:
+      kv = tuple(constrain(c, CACHE_AXES) for c in kv)
     if cfg.scan_layers:
       n = scan_length(cfg)
       per_step = cfg.num_layers // n  # layers per scan step: 1, or a period of moe_every
       graphdef, stacked = nnx.split(self.blocks)
-      kv = tuple(c.reshape(n, per_step, *c.shape[1:]) if per_step > 1 else c
-                 for c in (k_NxBxSxKxH, v_NxBxSxKxH))
+      if kv is not None and per_step > 1:
+        kv = tuple(c.reshape(n, per_step, *c.shape[1:]) for c in kv)
 
       def body(x, layer):
         layer_state, layer_kv = layer
-        return nnx.merge(graphdef, layer_state).extend(x, layer_kv, **attend)
+        return nnx.merge(graphdef, layer_state).attend(x, layer_kv, **attend)
 
-      x_BxTxD, kv = jax.lax.scan(body, x_BxTxD, (stacked, kv), length=n)
-      k_NxBxSxKxH, v_NxBxSxKxH = (c.reshape(cfg.num_layers, *c.shape[-4:]) for c in kv)
+      x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, (stacked, kv), length=n)
+      new_kv = tuple(c.reshape(cfg.num_layers, *c.shape[-4:]) for c in new_kv)
     else:
       kvs = []
       for i, block in enumerate(self.blocks):
-        x_BxTxD, layer_kv = block.extend(x_BxTxD, (k_NxBxSxKxH[i], v_NxBxSxKxH[i]), **attend)
+        x_BxTxD, layer_kv = block.attend(x_BxTxD, None if kv is None else (kv[0][i], kv[1][i]),
+                                         **attend)
         kvs.append(layer_kv)
-      k_NxBxSxKxH, v_NxBxSxKxH = (jnp.stack(c) for c in zip(*kvs))
+      new_kv = tuple(jnp.stack(c) for c in zip(*kvs))
     x_BxTxD = self.final_norm(x_BxTxD)
     w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
     logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(cfg.dtype),
                               preferred_element_type=jnp.float32)
-    k_NxBxSxKxH, v_NxBxSxKxH = (constrain(c, CACHE_AXES) for c in (k_NxBxSxKxH, v_NxBxSxKxH))
-    return logits_BxTxV, dict(cache, k=k_NxBxSxKxH, v=v_NxBxSxKxH, index=index + t)
+    return logits_BxTxV, new_kv
+
+  def extend(self, tokens_BxT, cache: dict, *, fresh: bool = False):
+    """Runs T new tokens causally through the KV cache (see Model.init_cache for its layout);
+    returns (logits_BxTxV fp32, cache with their keys and values written and index advanced by
+    T). fresh: the cache is known to be empty (a prefill), so its slots are not attended."""
+    t = tokens_BxT.shape[1]
+    index, start_B = cache["index"], cache["start_B"]
+    slots_T = index + jnp.arange(t)
+    # Left-padded rows: slot s of row b holds position s - start_B[b]; slots before start are pad.
+    new_BxTxT = ((slots_T[None, None, :] >= start_B[:, None, None])
+                 & (slots_T[None, None, :] <= slots_T[None, :, None]))
+    kv, cache_allowed_BxTxS = None, None
+    if not fresh:
+      kv = (cache["k"], cache["v"])
+      keys_S = jnp.arange(cache["k"].shape[3])
+      cache_allowed_BxTxS = ((keys_S[None, None, :] >= start_B[:, None, None])
+                             & (keys_S[None, None, :] < index)) & jnp.ones((1, t, 1), bool)
+    logits_BxTxV, new_kv = self.attend(
+        tokens_BxT, positions_BxT=slots_T[None, :] - start_B[:, None], allowed_BxTxT=new_BxTxT,
+        kv=kv, cache_allowed_BxTxS=cache_allowed_BxTxS)
+    k_NxBxKxSxH, v_NxBxKxSxH = (
+        constrain(jax.lax.dynamic_update_slice(cache[name], new.astype(cache[name].dtype),
+                                                (0, 0, 0, index, 0)), CACHE_AXES)
+        for name, new in zip(("k", "v"), new_kv))
+    return logits_BxTxV, dict(cache, k=k_NxBxKxSxH, v=v_NxBxKxSxH, index=index + t)
