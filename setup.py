@@ -29,6 +29,7 @@ setup(
         "array-record>=0.8.6,<0.9",
         "etils[epath]>=1.7,<2",  # local and cloud (gs://, s3://) paths
         "tensorboardX>=2.6.2,<3",
+        "tqdm>=4.66,<5",  # progress bars of eval, sample, code and prepare
     ],
     extras_require={
         # libtpu (~210 MB wheel, ~680 MB installed) so CI compiles for TPU topologies; lm_eval
@@ -36,7 +37,7 @@ setup(
         # nbclient + ipykernel execute notebooks/small_scale_replication.ipynb in the tests.
         "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
                  "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4", "nbclient>=0.10,<0.12",
-                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "wandb>=0.31,<0.32"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
@@ -47,6 +48,7 @@ setup(
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
+        "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
     },
     entry_points={"console_scripts": [
         "dlmscale=dlmscale.main:run",

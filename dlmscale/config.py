@@ -11,7 +11,7 @@ import json
 import ml_collections
 import numpy as np
 
-from dlmscale import objectives
+from dlmscale import objectives, profiling
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.suite import check_eval_config
 from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig, moe_config_problem
@@ -57,7 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
       global_batch=32, grad_accum=1, lr=3e-3, min_lr=3e-4, schedule="wsd", warmup_steps=50,
       decay_fraction=0.2, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, adam_eps=1e-8,
       log_every=25, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
-      peak_flops_per_device=0.0))  # 0: look the chip up; CPU has no known peak
+      peak_flops_per_device=0.0,  # 0: look the chip up; CPU has no known peak
+      # Observability: a jax.profiler trace of steps START:END into <workdir>/profile ('' off);
+      # a Weights & Biases project mirroring metrics.jsonl ('' off; the 'wandb' extra; offline
+      # with WANDB_MODE=offline).
+      profile_steps="", wandb_project=""))
 
   # max_sequences: evenly spaced validation rows (None: all of them).
   c.eval = ml_collections.ConfigDict(dict(
@@ -141,6 +145,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
   if not 0 <= t.decay_fraction <= 1:
     raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
+  profiling.parse_window(t.profile_steps)
   check_eval_config(cfg)
 
 

@@ -28,7 +28,7 @@ import jax
 from dlmscale import analysis
 from dlmscale import compile as compile_lib
 from dlmscale import config as config_lib
-from dlmscale import config_files, launchers, parallel, planner
+from dlmscale import compilation_cache, config_files, launchers, parallel, planner
 from dlmscale import sweep as sweep_lib
 from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
 from dlmscale.data.pipeline import array_fingerprint
@@ -44,7 +44,8 @@ log = logging.getLogger("dlmscale")
 _DATA_FREE_MODES = ("compile", "config", "plan", "sweep", "analyze")
 # What eval, sample and code may change in a trained run's config: nothing they read for the
 # model or its data, so tokens seen, epochs and the validation set stay the run's own.
-CHECKPOINT_MODE_CHANGES = ("eval.", "sample.", "code.", "objectives")
+CHECKPOINT_MODE_CHANGES = ("eval.", "sample.", "code.", "objectives", "train.profile_steps",
+                           "train.wandb_project")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,7 @@ FAILED = (sweep_lib.SweepFailed,)
 
 def run(mode: str, o: Options):
   """Runs one mode of the CLI (see the module docstring)."""
+  compilation_cache.enable()  # before anything compiles; see dlmscale/compilation_cache.py
   if mode == "compile" or (mode == "plan" and o.compile):
     if not os.environ.get("JAX_PLATFORMS"):
       # libtpu's compile-only devices need no TPU backend; on a CPU host one would only print

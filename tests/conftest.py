@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Prepared corpora go to a fresh per-session cache (inherited by CLI subprocesses), so tests
 # never read or fill the user's ~/.cache/dlmscale.
 os.environ["DLMSCALE_DATA_DIR"] = tempfile.mkdtemp(prefix="dlmscale-test-data-")
+# Likewise compiled programs: CLI runs (and sweeps' runs) share a per-session cache, never the
+# user's ~/.cache/dlmscale/jax_cache (see dlmscale/compilation_cache.py).
+os.environ["DLMSCALE_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="dlmscale-test-jax-cache-")
 
 import jax  # noqa: E402
 

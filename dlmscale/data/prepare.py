@@ -27,6 +27,7 @@ from dlmscale.data.prepare_spec import (FORMAT_VERSION, PrepareSpec, check_same_
                                         split_group)
 from dlmscale.data.spec import parse_spec
 from dlmscale.data.workers import ordered_map
+from dlmscale.progress import Progress
 
 log = logging.getLogger("dlmscale")
 META_FILE = "meta.json"
@@ -215,7 +216,10 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
   contaminated = [0] * len(spec.sources)
   total_bytes = 0
   docs = _documents(spec, per_source)
+  # The corpus streams in, so its size (and an ETA) is unknown: the bar counts documents.
+  bar = Progress("prepare", None, "doc", enabled=True)
   for results in ordered_map(tokenize_task_fn, (tok, decontaminator), batch_documents(docs), workers):
+    bar.update(len(results))
     for (i, split, nbytes), ids_T in results:
       total_bytes += nbytes
       if ids_T is None:
@@ -226,6 +230,8 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
         writers["train" if split == "train" else "valtmp"].write(rows_RxL)
         if split == "val":
           val_keys.append(row_keys(rows_RxL))
+  bar.summary = f"{total_bytes / 1e6:.1f} MB of text tokenized"
+  bar.close()
   check_documents(spec, per_source)
   train_meta = writers["train"].close()
   valtmp_meta = writers["valtmp"].close()

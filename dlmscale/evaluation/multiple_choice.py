@@ -18,7 +18,9 @@ import math
 import numpy as np
 
 from dlmscale.errors import ConfigError
+from dlmscale.evaluation.scorer import Scorer
 from dlmscale.evaluation.tasks import Task, check_task_names, load_task
+from dlmscale.progress import Progress
 
 
 def mean_stderr(values_N) -> tuple[float, float]:
@@ -97,9 +99,13 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
   examples = task.examples[:count]
   requests = [r for i, e in enumerate(examples)
               for r in e.requests(task.demos(i, num_fewshot, seed))]
+  bar = Progress(task.name, len(requests), "req")
   try:
-    results = list(scorer.loglikelihood(requests))
+    # Other scorers (lm-eval's, tests') take the requests alone.
+    results = list(scorer.loglikelihood(requests, bar) if isinstance(scorer, Scorer)
+                   else scorer.loglikelihood(requests))
   except ConfigError as e:  # e.g. a continuation longer than the window: say which task
+    bar.close(finished=False)
     raise ConfigError(f"{task.name} ({num_fewshot}-shot): {e}") from None
   if len(results) != len(requests):
     raise ValueError(f"scorer returned {len(results)} results for {len(requests)} requests")
@@ -117,6 +123,8 @@ def score_task(scorer, task: Task, *, num_fewshot: int = 0, limit: int = 0,
                                     "num_examples": int((groups == g).sum())}
                            for g in sorted(set(groups))}
   metrics.update(num_examples=count, num_fewshot=num_fewshot)
+  bar.summary = task_line(metrics)
+  bar.close()
   metrics["examples"] = [
       {"gold": int(gold[i]), "loglikelihoods": lls[i, :e.num_options].tolist(),
        "stderrs": stderrs[i, :e.num_options].tolist(),
@@ -139,6 +147,13 @@ def evaluate_tasks(scorer, task_names, *, num_fewshot: int = 0, limit: int = 0, 
   return {name: score_task(scorer, load_task(name, paths.get(name), lm=lm, seed=seed),
                            num_fewshot=num_fewshot, limit=limit, seed=seed)
           for name in names}
+
+
+def task_line(m: dict) -> str:
+  """One task's headline figures: 'acc 0.3120 +- 0.0210, acc_norm ... (400 examples, 0-shot)'."""
+  figures = [f"{key} {m[key]:.4f} +- {m[key + '_stderr']:.4f}"
+             for key in ("acc", "acc_norm", "perplexity") if key in m]
+  return f"{', '.join(figures)} ({m['num_examples']} examples, {m['num_fewshot']}-shot)"
 
 
 _COLUMNS = (("acc", "acc"), ("acc_norm", "acc_norm"), ("nll_correct", "NLL(correct)"),

@@ -112,13 +112,15 @@ class Scorer:
 
   # --- public API -------------------------------------------------------------------------------
 
-  def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
+  def loglikelihood(self, requests: Sequence[tuple[str, str]], progress=None
+                    ) -> list[LogLikelihood]:
     tok = self.lm.tokenizer
-    return self.loglikelihood_tokens([encode_pair(tok, c, x) for c, x in requests])
+    return self.loglikelihood_tokens([encode_pair(tok, c, x) for c, x in requests], progress)
 
-  def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
-                           ) -> list[LogLikelihood]:
-    """Token-level requests; a context must hold at least one token (use the eod id)."""
+  def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                           progress=None) -> list[LogLikelihood]:
+    """Token-level requests; a context must hold at least one token (use the eod id).
+    progress: a dlmscale.progress.Progress (or anything with update(n)) told of each batch."""
     prepared = [self._fit(i, list(c), list(x)) for i, (c, x) in enumerate(requests)]
     results: list[LogLikelihood | None] = [None] * len(prepared)
     order = sorted(range(len(prepared)), key=lambda i: -sum(map(len, prepared[i])))
@@ -127,6 +129,8 @@ class Scorer:
       chunk = order[start:start + per_batch]
       for i, result in zip(chunk, self._score_batch([prepared[i] for i in chunk])):
         results[i] = result
+      if progress is not None:
+        progress.update(len(chunk))
     return results
 
   def loglikelihood_rolling(self, texts: Sequence[str]) -> list[LogLikelihood]:

@@ -12,6 +12,7 @@ import numpy as np
 from dlmscale import parallel
 from dlmscale.corruption import mask_tokens, rate_mask, stratified_times
 from dlmscale.objectives import token_cross_entropy
+from dlmscale.progress import Progress
 
 
 def ar_nll_per_sequence(model, params, tokens_BxL):
@@ -57,15 +58,19 @@ def evaluate_validation(model, params, val_MxL: np.ndarray, kind: str, *, mesh, 
   # Replicated output: every process can read the per-sequence values in a multi-host job.
   fn = jax.jit(per_seq, out_shardings=parallel.replicated(mesh))
   sums = []
-  for i, start in enumerate(range(0, m, batch_size)):
-    chunk = val_MxL[start:start + batch_size].astype(np.int32)
-    n = len(chunk)
-    padded = np.concatenate([chunk, np.zeros((batch_size - n, l), np.int32)]) if n < batch_size \
-        else chunk
-    rng = jax.random.fold_in(jax.random.key(seed), i)
-    out = fn(params, jax.device_put(padded, sharding), rng)
-    sums.append(np.asarray(jax.device_get(out))[:n])
-  per_token = np.concatenate(sums) / tokens_per_seq
-  return {"mean": float(per_token.mean()),
-          "stderr": float(per_token.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan"),
-          "sequences": int(m), "tokens": int(m * tokens_per_seq)}
+  with Progress(f"validation {'nll' if kind == 'ar' else 'elbo'}", m, "seq") as bar:
+    for i, start in enumerate(range(0, m, batch_size)):
+      chunk = val_MxL[start:start + batch_size].astype(np.int32)
+      n = len(chunk)
+      padded = np.concatenate([chunk, np.zeros((batch_size - n, l), np.int32)]) \
+          if n < batch_size else chunk
+      rng = jax.random.fold_in(jax.random.key(seed), i)
+      out = fn(params, jax.device_put(padded, sharding), rng)
+      sums.append(np.asarray(jax.device_get(out))[:n])
+      bar.update(n)
+    per_token = np.concatenate(sums) / tokens_per_seq
+    result = {"mean": float(per_token.mean()),
+              "stderr": float(per_token.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan"),
+              "sequences": int(m), "tokens": int(m * tokens_per_seq)}
+    bar.summary = f"{result['mean']:.4f} +- {result['stderr']:.4f} nats/token"
+  return result

@@ -13,6 +13,7 @@ import numpy as np
 
 from dlmscale import parallel
 from dlmscale.errors import ConfigError
+from dlmscale.progress import Progress
 from dlmscale.sampling.ar import ar_generate, check_sampling
 from dlmscale.sampling.common import left_pad
 from dlmscale.sampling.dlm import REMASKING, dlm_generate, unmasking_schedule
@@ -70,6 +71,7 @@ def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int, num_sample
   per_batch = _rounded_batch(batch_size or len(rows), lm.data_parallel_size)
   key = jax.random.key(seed)
   texts = []
+  bar = Progress(f"generate {lm.kind}", len(rows), "row")
   for i, start in enumerate(range(0, len(rows), per_batch)):
     chunk = rows[start:start + per_batch]
     # Repeat the last row so every batch has one shape (one compile); the copies are dropped.
@@ -81,6 +83,8 @@ def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int, num_sample
                              remasking=remasking)
     texts += [cut_at_stop(lm.tokenizer.decode(ids[:n]), stop)
               for ids, n in zip(ids_BxN[:len(chunk)], n_B)]
+    bar.update(len(chunk))
+  bar.close()
   return [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import numbers
 import os
 import time
@@ -20,6 +21,7 @@ from dlmscale import objectives
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.code import pass_at_k, problems as problems_lib, sandbox
 
+log = logging.getLogger("dlmscale")
 GenerateFn = Callable[[list[str], int], list[list[str | None]]]
 SKIPPED = sandbox.ExecResult("skipped", "not generated: the prompt does not fit the model", "",
                              0.0, "")
@@ -54,9 +56,13 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
         "samples": [{"completion": c, "status": r.status, "detail": r.detail}
                     for c, r in zip(cs, mine)]})
   correct = [q["num_correct"] for q in per_problem]
+  scores = pass_at_k.summarize([num_samples] * len(problems), correct, ks)
+  log.info("[%s] %s (%d problems x %d samples) in %.1fs", benchmark,
+           ", ".join(f"pass@{k} {scores[f'pass@{k}']:.4f}" for k in ks), len(problems),
+           num_samples, time.monotonic() - start)
   return {
       "benchmark": benchmark, "num_problems": len(problems), "num_samples": num_samples,
-      **pass_at_k.summarize([num_samples] * len(problems), correct, ks),
+      **scores,
       "statuses": dict(collections.Counter(r.status for r in results)),
       "problems_skipped": sum(all(c is None for c in cs) for cs in cut),
       "network_isolation": sorted({r.network for r in results if r.network}),

@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from dlmscale.errors import ConfigError
+from dlmscale.progress import Progress
 
 STATUSES = ("passed", "failed", "timeout", "memory", "crashed")
 NETWORK_MODES = ("auto", "socket_disabled")
@@ -173,9 +174,15 @@ def run_programs(programs: list[str], *, workers: int | None = None, timeout_s: 
   workers = default_workers() if workers is None else workers
   if workers < 1:
     raise ConfigError(f"sandbox workers must be >= 1, got {workers}")
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(lambda p: run_program(p, timeout_s=timeout_s, memory_mb=memory_mb,
-                                               network=network), programs))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
+      Progress("execute", len(programs), "program") as bar:
+    results = []
+    for result in pool.map(lambda p: run_program(p, timeout_s=timeout_s, memory_mb=memory_mb,
+                                                 network=network), programs):
+      results.append(result)
+      bar.update()
+    bar.summary = f"{sum(r.passed for r in results)} passed"
+    return results
 
 
 def network_isolation(network: str = "auto") -> str:
