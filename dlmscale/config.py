@@ -39,7 +39,10 @@ def default_config() -> ml_collections.ConfigDict:
       # Mixture of experts (num_experts 0: dense); see dlmscale/models/moe.py.
       num_experts=0, experts_per_token=2, moe_every=1, moe_d_ff=0, num_shared_experts=0,
       router="softmax", renormalize_topk=False, moe_dispatch="dropless", capacity_factor=1.25,
-      load_balance_coef=0.01, router_z_coef=0.001))
+      load_balance_coef=0.01, router_z_coef=0.001,
+      # A local Hugging Face Qwen3 / Llama / Qwen3-MoE directory to start from ('' = random
+      # init); it must match this model exactly (see dlmscale/hf_import.py).
+      init_from=""))
 
   # Preparation (what the prepared data holds): sources are spec strings joined by ';'.
   c.data = ml_collections.ConfigDict(dict(
@@ -58,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
       decay_fraction=0.2, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0, adam_eps=1e-8,
       log_every=25, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
       peak_flops_per_device=0.0,  # 0: look the chip up; CPU has no known peak
+      # Resuming: a damaged latest checkpoint is an error unless restore_fallback (then it is
+      # moved aside and the previous one used); a checkpoint of other data likewise.
+      restore_fallback=False, allow_data_change=False,
       # Observability: a jax.profiler trace of steps START:END into <workdir>/profile ('' off);
       # a Weights & Biases project mirroring metrics.jsonl ('' off; the 'wandb' extra; offline
       # with WANDB_MODE=offline).
@@ -130,6 +136,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   problem = moe_config_problem(cfg.model)
   if problem:
     raise ConfigError(problem)
+  if cfg.model.init_from.rstrip("/").endswith((".safetensors", ".json", ".bin")):
+    raise ConfigError(f"model.init_from={cfg.model.init_from!r} names a file: point it at the "
+                      "Hugging Face model directory that holds config.json and the safetensors")
   experts, expert_axis = cfg.model.num_experts, cfg.mesh.get("expert", 1)
   if experts and expert_axis > 1 and experts % expert_axis:
     raise ConfigError(f"model.num_experts={experts} is not divisible by mesh.expert="
@@ -146,7 +155,37 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not 0 <= t.decay_fraction <= 1:
     raise ConfigError(f"train.decay_fraction must be in [0, 1], got {t.decay_fraction}")
   profiling.parse_window(t.profile_steps)
+  _check_numbers(cfg)
   check_eval_config(cfg)
+
+
+def _check_numbers(cfg) -> None:
+  """Values that would only fail after the run started (a NaN learning rate diverges at the first
+  step) are refused before anything is written."""
+  t, m = cfg.train, cfg.model
+  for key in ("lr", "min_lr", "b1", "b2", "weight_decay", "grad_clip", "adam_eps"):
+    if not np.isfinite(t[key]) or t[key] < 0:
+      raise ConfigError(f"train.{key} must be a finite number >= 0, got {t[key]}")
+  if t.lr <= 0:
+    raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+  if not (0 <= t.b1 < 1 and 0 <= t.b2 < 1):
+    raise ConfigError(f"train.b1 and train.b2 must be in [0, 1), got {t.b1}, {t.b2}")
+  if t.warmup_steps < 0:
+    raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+  for site in ("attention", "residual", "mlp"):
+    rate = m[f"dropout_{site}"]
+    if not 0 <= rate < 1:
+      raise ConfigError(f"model.dropout_{site} must be in [0, 1), got {rate}")
+  for key in ("unique_tokens", "total_tokens", "seq_len"):
+    if cfg.data[key] < 1:
+      raise ConfigError(f"data.{key} must be >= 1, got {cfg.data[key]}")
+  prompts = (cfg.sample.prompts,) if isinstance(cfg.sample.prompts, str) else cfg.sample.prompts
+  if any(not isinstance(p, str) or not p for p in prompts):
+    raise ConfigError("sample.prompts holds an empty prompt: give every prompt some text, e.g. "
+                      "--config.sample.prompts=\"('def f(x):',)\"")
+  if cfg.sample.max_new_tokens < 1 or cfg.sample.num_samples < 1:
+    raise ConfigError("sample.max_new_tokens and sample.num_samples must be >= 1, got "
+                      f"{cfg.sample.max_new_tokens}, {cfg.sample.num_samples}")
 
 
 def objective_names(cfg) -> tuple[str, ...]:
@@ -159,6 +198,7 @@ def model_config(cfg, tokenizer_vocab: int) -> ModelConfig:
   """The static ModelConfig; vocab_size 0 means the tokenizer's, rounded up to vocab_multiple."""
   m = dict(cfg.model)
   multiple = m.pop("vocab_multiple")
+  m.pop("init_from")  # where the parameters start, not the network's shape
   if not m["vocab_size"]:
     m["vocab_size"] = -(-tokenizer_vocab // multiple) * multiple
   if m["vocab_size"] < tokenizer_vocab:

@@ -15,3 +15,7 @@ class CheckpointError(DlmscaleError):
 
 class NonFiniteLossError(DlmscaleError):
   """Training produced NaN/Inf; nothing past the last good checkpoint was saved."""
+
+
+class RunIOError(DlmscaleError):
+  """A run's file could not be written or read (full disk, permissions, storage errors)."""

@@ -10,6 +10,7 @@ config   the fully resolved config as JSON (readable back with --config=FILE.jso
 sweep    a study's runs, one workdir each, locally or as TPU VM / xpk commands
 plan     a study's runs priced in parameters, FLOPs, tokens and chip-hours
 analyze  runs and sweeps in one table, crossover points, the data potential R*, plots
+export   a run's latest checkpoint (--workdir=RUN/<objective>) as a Hugging Face model (--out)
 
 eval, sample and code read the run's own saved config: a --config that changes anything but
 eval.*, sample.*, code.* (or picks fewer objectives) is refused.
@@ -36,8 +37,11 @@ from dlmscale.errors import ConfigError
 from dlmscale.evaluation import code as code_lib
 from dlmscale.evaluation.multiple_choice import format_table as task_table
 from dlmscale import experiment as experiment_lib
+from dlmscale import export as export_lib
 from dlmscale.experiment import build_experiment, load_model, make_stream, restore_params
-from dlmscale.runner import Preempted, evaluate, run_training
+from dlmscale.preemption import Preempted, Sigterm
+from dlmscale.run_files import ensure_writable_dir
+from dlmscale.runner import evaluate, run_training
 from dlmscale.sampling import generate_text
 
 log = logging.getLogger("dlmscale")
@@ -71,6 +75,8 @@ class Options:
   metric: str = "val"
   force: bool = False
   plots: bool = True
+  prepare_engine: str = "local"  # prepare: "local" or "beam" (dlmscale.data.beam_prepare)
+  beam_options: str = ""
 
 
 # The CLI's exit codes beyond 0 and 2 (a one-line user error): interrupted by SIGTERM, the state
@@ -94,13 +100,14 @@ def run(mode: str, o: Options):
       "eval": lambda: evaluate_checkpoints(o.cfg, o.workdir),
       "sample": lambda: sample(o.cfg, o.workdir),
       "code": lambda: code(o.cfg, o.workdir),
-      "prepare": lambda: prepare_corpus(o.cfg),
+      "prepare": lambda: prepare_corpus(o.cfg, o.prepare_engine, o.beam_options),
       "fingerprint": lambda: stream_identity(o.cfg),
       "compile": lambda: compile_step(o.cfg, o.topology),
       "config": lambda: show_config(o.cfg),
       "sweep": lambda: sweep(o),
       "plan": lambda: plan(o),
       "analyze": lambda: analyze(o),
+      "export": lambda: export(o.cfg, o.workdir, o.out),
   }
   return handlers[mode]()
 
@@ -109,15 +116,20 @@ def run(mode: str, o: Options):
 
 def train(cfg, workdir: str) -> list[dict]:
   """Trains each objective into workdir/<objective>; prints and saves the comparison table."""
+  config_lib.validate(cfg)
+  ensure_writable_dir(workdir)
   results = []
-  for name in config_lib.objective_names(cfg):
-    exp = build_experiment(cfg, name)
-    _announce(exp)
-    start = time.time()
-    result = run_training(exp, os.path.join(workdir, name))
-    result["wall_s"] = time.time() - start
-    results.append(result)
-  _report(results, workdir, "results.json")
+  with Sigterm("start-up (nothing new was saved)") as sigterm:
+    for name in config_lib.objective_names(cfg):
+      sigterm.phase = f"start-up of {name} (nothing new was saved)"
+      exp = build_experiment(cfg, name)
+      _announce(exp)
+      start = time.time()
+      result = run_training(exp, os.path.join(workdir, name))
+      result["wall_s"] = time.time() - start
+      results.append(result)
+    sigterm.phase = "the final report (every objective finished and was validated)"
+    _report(results, workdir, "results.json")
   return results
 
 
@@ -268,13 +280,19 @@ def code(cfg, workdir: str) -> list[dict]:
 
 # --- data -----------------------------------------------------------------------------------------
 
-def prepare_corpus(cfg) -> dict:
-  """Prepares cfg.data into its prepared_dir (once); returns a summary."""
+def prepare_corpus(cfg, engine: str = "local", beam_options: str = "") -> dict:
+  """Prepares cfg.data into its prepared_dir (once), locally or on Beam; returns a summary."""
   config_lib.validate(cfg)
+  if beam_options and engine != "beam":
+    raise ConfigError("--beam_options needs --prepare_engine=beam; add it or drop --beam_options")
   d = cfg.data
   directory = prepared_dir(d)
   start = time.time()
-  meta = prepare(d, directory, workers=d.workers, records_per_shard=d.records_per_shard)
+  if engine == "beam":
+    from dlmscale.data.beam_prepare import prepare_beam  # noqa: PLC0415  (the beam extra)
+    meta = prepare_beam(d, directory, beam_options, records_per_shard=d.records_per_shard)
+  else:
+    meta = prepare(d, directory, workers=d.workers, records_per_shard=d.records_per_shard)
   wall = time.time() - start
   tr, va = meta["splits"]["train"], meta["splits"]["val"]
   summary = {
@@ -411,3 +429,33 @@ def analyze(o: Options) -> dict:
                              plots=o.plots)
   print(summary["text"], flush=True)
   return summary
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def export(cfg, workdir: str, out: str | None) -> dict:
+  """The latest checkpoint of one objective (workdir RUN/<objective>, or RUN when it trained
+  only one) as a Hugging Face directory: AR for transformers' Auto classes, DLM with
+  trust_remote_code. Layouts transformers cannot express are refused before loading anything."""
+  if not out:
+    raise ConfigError("--mode=export needs --out=DIR, e.g. --out=runs/quickstart/hf_ar")
+  config_lib.validate(cfg)
+  problem = export_lib.export_problem(cfg.model)
+  if problem:
+    raise ConfigError(problem)
+  names = config_lib.objective_names(cfg)
+  objective = os.path.basename(os.path.normpath(workdir))
+  run_dir = os.path.dirname(os.path.normpath(workdir))
+  if objective not in names:
+    if len(names) > 1:
+      raise ConfigError(f"{workdir} holds the objectives {list(names)}: export one at a time, "
+                        f"e.g. --workdir={os.path.join(workdir, names[0])}")
+    objective, run_dir = names[0], workdir
+  one = copy.deepcopy(cfg)
+  one.objectives = (objective,)
+  check_run_config(one, run_dir)
+  lm = load_model(one, run_dir, objective)
+  report = export_lib.export_loaded(lm, out) if jax.process_index() == 0 else {"out": out}
+  report.update(objective=objective, kind=lm.kind, step=lm.step)
+  print_json(report)
+  return report

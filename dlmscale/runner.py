@@ -9,90 +9,88 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
-from dlmscale import flops, objectives, parallel, train
+from dlmscale import flops, objectives, parallel, provenance, train
 from dlmscale.data import validation_subset
-from dlmscale.errors import CheckpointError, NonFiniteLossError
+from dlmscale.errors import CheckpointError, NonFiniteLossError, RunIOError
 from dlmscale.evaluation.suite import flat_task_metrics, is_eval_step, score_tasks, task_list
 from dlmscale.evaluation.validation import evaluate_validation
-from dlmscale.experiment import Experiment, abstract_state, loaded_model
+from dlmscale.experiment import Experiment, abstract_state, initial_params, loaded_model
 from dlmscale.metrics import MetricsWriter, progress_line
+from dlmscale.preemption import Preempted, Sigterm
+from dlmscale.run_files import read_json, write_text_atomic
 
+__all__ = ["Preempted", "evaluate", "run_training", "validate"]
 log = logging.getLogger("dlmscale")
-# Keys that may change between a run and its resumption without changing its result.
+# Keys that may change between a run and its resumption without changing its result (or, for
+# the last two, that say how to resume).
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.async_checkpointing", "train.peak_flops_per_device")
+                     "train.async_checkpointing", "train.peak_flops_per_device",
+                     "train.restore_fallback", "train.allow_data_change")
 # Evaluation, generation and code-benchmark settings never touch the training state.
 RESUMABLE_SECTIONS = ("eval.", "sample.", "code.")
 
 
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
-
-
-class _SigtermFlag:
-  """Turns SIGTERM into a flag checked between steps, so the state is saved whole."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: preemption is the caller's business
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _check_config_matches(workdir: str, cfg_json: str) -> None:
-  """A workdir belongs to one config; resuming it with another would silently mix two runs."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(cfg_json)
-    os.replace(tmp, path)
+def _claim_workdir(workdir: epath.Path, cfg_json: str, resuming: bool) -> None:
+  """A workdir with checkpoints belongs to one config: resuming it with another would silently mix
+  two runs. Without a checkpoint nothing can mix, so a fresh start (re)writes config.json."""
+  path = workdir / "config.json"
+  saved = read_json(path) if resuming else None
+  if saved is None:
+    write_text_atomic(path, cfg_json)
     return
-  with open(path) as f:
-    diff = config_lib.changed_keys(json.loads(f.read()), json.loads(cfg_json),
-                                   allowed=RESUMABLE_CHANGES + RESUMABLE_SECTIONS)
+  diff = config_lib.changed_keys(saved, json.loads(cfg_json),
+                                 allowed=RESUMABLE_CHANGES + RESUMABLE_SECTIONS)
   if diff:
     raise CheckpointError(f"{workdir} holds a run with a different config (differs at "
                           f"{', '.join(diff[:5])}): use a new --workdir or the original config")
 
 
+def _data_identity(exp: Experiment) -> dict:
+  return {"stream_fingerprint": exp.stream.fingerprint(),
+          "train_split_fingerprint": exp.corpus.train.fingerprint}
+
+
 def _restore_or_init(exp: Experiment, checkpointer):
-  abstract = abstract_state(exp, exp.cfg.seed)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    return train.create_state(exp.model, exp.optimizer, exp.cfg.seed, exp.shardings), 0
-  state, data_state = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.shardings, abstract))
-  if data_state.get("stream_fingerprint") != exp.stream.fingerprint():
-    raise CheckpointError(f"checkpoint step {latest} in {checkpointer.directory} was written for "
-                          "another token stream: use a new --workdir or the original data config")
-  return state, int(data_state["next_step"])
+  """(state, data state or None for a fresh start, start step); a checkpoint of other data is refused unless
+  train.allow_data_change says to go on."""
+  abstract = ckpt_lib.abstract_like(exp.shardings, abstract_state(exp, exp.cfg.seed))
+  found = checkpointer.restore_latest(abstract, fallback=exp.cfg.train.restore_fallback)
+  if found is None:
+    return (train.create_state(exp.model, exp.optimizer, exp.cfg.seed, exp.shardings,
+                               initial_params(exp)), None, 0)
+  state, data_state, step = found
+  now = _data_identity(exp)
+  changed = [k for k, v in now.items() if k in data_state and data_state[k] != v]
+  if changed:
+    where = f"checkpoint step {step} in {checkpointer.directory}"
+    if not exp.cfg.train.allow_data_change:
+      raise CheckpointError(f"{where} was written for other data ({', '.join(changed)} differ): "
+                            "use the original data config, a new --workdir, or "
+                            "--config.train.allow_data_change=true to continue on this data")
+    log.warning("%s was written for other data (%s differ); continuing on this data as "
+                "train.allow_data_change asks", where, ", ".join(changed))
+  return state, data_state, int(data_state["next_step"])
 
 
-def _log_window(exp, writer, pending, window_start_time, step, num_steps, timed_steps):
-  """Fetches the metrics of the last steps, checks they are finite, writes their mean."""
-  values = jax.device_get(pending)
+def _pending_to_json(values) -> list[dict]:
+  """Metrics of a partial logging window, exactly (value and dtype), for the checkpoint."""
+  return [{k: [float(v), str(np.asarray(v).dtype)] for k, v in m.items()} for m in values]
+
+
+def _pending_from_json(records) -> list[dict]:
+  return [{k: np.asarray(v, dtype=dtype) for k, (v, dtype) in m.items()} for m in records or ()]
+
+
+def _check_finite(exp, values, step) -> None:
   for i, m in enumerate(values):
     bad = {k: float(v) for k, v in m.items() if not math.isfinite(float(v))}
     if bad:
@@ -100,8 +98,12 @@ def _log_window(exp, writer, pending, window_start_time, step, num_steps, timed_
           f"non-finite {', '.join(sorted(bad))} at step {step - len(values) + i + 1} in "
           f"{exp.objective}: lower train.lr or raise train.warmup_steps (no checkpoint past the "
           "last finite step was written)")
+
+
+def _log_window(exp, writer, values, elapsed, step, num_steps, timed_steps):
+  """Checks the fetched metrics of the last steps are finite and writes their mean."""
+  _check_finite(exp, values, step)
   mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
-  elapsed = time.time() - window_start_time
   timed_steps = max(timed_steps, 1)
   tokens_per_s = timed_steps * exp.stream.tokens_per_step / max(elapsed, 1e-9)
   mfu = flops.mfu(tokens_per_s, exp.flops_per_token,
@@ -127,27 +129,55 @@ def _check_params_finite(params, step: int, objective: str) -> None:
         "train.warmup_steps (no checkpoint past the last finite step was written)")
 
 
-def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None) -> dict:
-  """Trains to the end of the token budget (or `stop_after` steps, for tests), then validates."""
-  cfg, stream = exp.cfg, exp.stream
-  os.makedirs(workdir, exist_ok=True)
-  main_process = jax.process_index() == 0
-  if main_process:
-    _check_config_matches(workdir, config_lib.to_json(cfg))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=cfg.train.keep_checkpoints,
-                                       async_save=cfg.train.async_checkpointing)
-  writer = MetricsWriter(workdir, enabled=main_process)
+def run_training(exp: Experiment, workdir, *, stop_after: int | None = None) -> dict:
+  """Trains to the end of the token budget (or `stop_after` steps, for tests), then validates.
+
+  Any failed write (a full disk, a failed asynchronous checkpoint save) stops the run with a
+  RunIOError naming the path and the cause; the last good checkpoint stays as it was."""
+  workdir = epath.Path(workdir)
   try:
-    state, start = _restore_or_init(exp, checkpointer)
+    with Sigterm(f"start-up of {exp.objective} (nothing new was saved)") as sigterm:
+      return _train(exp, workdir, stop_after, sigterm)
+  except OSError as e:
+    raise RunIOError(f"writing the run in {workdir} failed ({ckpt_lib.describe_error(e)}): "
+                     "free space or fix permissions, then rerun the same command to resume "
+                     "from the last checkpoint") from None
+
+
+def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
+  cfg, stream = exp.cfg, exp.stream
+  workdir.mkdir(parents=True, exist_ok=True)
+  main_process = jax.process_index() == 0
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints,
+                                       async_save=cfg.train.async_checkpointing)
+  writer, failed = None, True
+  try:
+    state, data_state, start = _restore_or_init(exp, checkpointer)
+    cfg_json = config_lib.to_json(cfg)
+    if main_process:
+      _claim_workdir(workdir, cfg_json, resuming=data_state is not None)
+      provenance.append(workdir, provenance.start_record(
+          config_json=cfg_json, start_step=start, mesh_shape=dict(exp.mesh.shape),
+          data=dict(_data_identity(exp), prepared_dir=str(exp.corpus.path),
+                    tokenizer_fingerprint=exp.corpus.tokenizer.fingerprint(),
+                    val_split_fingerprint=exp.corpus.val.fingerprint)))
+    writer = MetricsWriter(str(workdir), enabled=main_process)
     writer.truncate_after(start)
     if start:
       log.info("%s: resumed at step %d from %s", exp.objective, start, checkpointer.directory)
     end = stream.num_steps if stop_after is None else min(stop_after, stream.num_steps)
-    stream_fingerprint = stream.fingerprint()
-    data_state = lambda s: {"next_step": s, "stream_fingerprint": stream_fingerprint}
-    pending, window_start = [], time.time()
-    with _SigtermFlag() as sigterm, stream.iterator(start, workers=exp.cfg.data.loader_workers) as batches:
+    e = cfg.eval
+    eval_due = lambda done: is_eval_step(done, end, e.every, e.at_epochs, stream.epoch_at)
+    if start and eval_due(start):
+      # Its record was dropped above with anything an interruption may have left half done.
+      writer.write(start, _scalars(evaluate(exp, state["params"], start)), prefix="eval")
+    identity = _data_identity(exp)
+    # A SIGTERM checkpoint lands mid-window: its steps' metrics travel with it, so the resumed
+    # run logs the same window means as one never interrupted.
+    pending = _pending_from_json((data_state or {}).get("pending_metrics"))
+    timed, window_start = 0, time.time()
+    sigterm.phase = f"training {exp.objective}"
+    with sigterm.deferred(), stream.iterator(start, workers=cfg.data.loader_workers) as batches:
       for step in range(start, end):
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
@@ -155,31 +185,41 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
         if step == start:  # the first step compiles: keep it out of tokens/s and the ETA
           jax.block_until_ready(metrics)
           window_start = time.time()
+        else:
+          timed += 1
         done = step + 1
         preempted = sigterm.raised  # read once: SIGTERM may land mid-step, after save_now
-        save_now = done % cfg.train.checkpoint_every == 0 or done == end or preempted
-        e = cfg.eval
-        evaluate_now = is_eval_step(done, end, e.every, e.at_epochs, stream.epoch_at)
+        regular_save = done % cfg.train.checkpoint_every == 0 or done == end
+        evaluate_now = eval_due(done)
         # Steps before an evaluation are logged first, so none is dropped and none is timed
         # with the evaluation inside its window.
-        if done % cfg.train.log_every == 0 or save_now or evaluate_now:
-          timed = len(pending) - (1 if done - len(pending) == start else 0)
-          _log_window(exp, writer, pending, window_start, done, stream.num_steps, timed)
-          pending, window_start = [], time.time()
-        if save_now:
+        if done % cfg.train.log_every == 0 or regular_save or evaluate_now:
+          _log_window(exp, writer, jax.device_get(pending), time.time() - window_start, done,
+                      stream.num_steps, timed)
+          pending, timed, window_start = [], 0, time.time()
+          checkpointer.check()  # a failed asynchronous save stops the run here, not later
+        if regular_save or preempted:
           _check_params_finite(state["params"], done, exp.objective)
-          checkpointer.save(done, state, data_state(done))
+          extra = {}
+          if pending:
+            values = jax.device_get(pending)
+            _check_finite(exp, values, done)
+            extra["pending_metrics"] = _pending_to_json(values)
+          checkpointer.save(done, state, dict(identity, next_step=done, **extra))
         if evaluate_now:
           writer.write(done, _scalars(evaluate(exp, state["params"], done)), prefix="eval")
           window_start = time.time()  # evaluation time is not training time
         if preempted and done < end:
           checkpointer.wait()
+          failed = False
           raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "
                           f"in {checkpointer.directory}: rerun the same command to resume")
+    sigterm.phase = (f"final validation of {exp.objective} (training finished; its checkpoint "
+                     f"at step {end} is saved)")
     checkpointer.wait()
     result = {"objective": exp.objective, "steps": end,
               "tokens_seen": end * stream.tokens_per_step, "epochs": stream.epoch_at(end),
-              "stream_fingerprint": stream_fingerprint,
+              "stream_fingerprint": identity["stream_fingerprint"],
               # What a reviewer needs to check two runs used the same prepared data.
               "data": {"prepared_dir": exp.corpus.path,
                        "tokenizer_fingerprint": exp.corpus.tokenizer.fingerprint(),
@@ -188,10 +228,13 @@ def run_training(exp: Experiment, workdir: str, *, stop_after: int | None = None
     if end == stream.num_steps:
       result.update(evaluate(exp, state["params"], end))
       writer.write(end, _scalars(result), prefix="eval")
+    failed = False
     return result
   finally:
-    checkpointer.close()
-    writer.close()
+    # After an error, a second one from the last save must not replace it.
+    checkpointer.close(quiet=failed)
+    if writer is not None:
+      writer.close()
 
 
 def validate(exp: Experiment, params) -> dict:

@@ -5,6 +5,7 @@ randomness of step s does not depend on how the run got there (resume is bitwise
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -18,10 +19,11 @@ from dlmscale.models.model import Model
 TrainState = dict[str, Any]
 
 
-def init_state(model: Model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  """A fresh state; pure function of the seed."""
+def init_state(model: Model, optimizer: optax.GradientTransformation, seed: int,
+               params=None) -> TrainState:
+  """A fresh state; pure function of the seed (and of `params` when given: model.init_from)."""
   k_params, k_steps = jax.random.split(jax.random.key(seed))
-  params = model.init(k_params)
+  params = model.init(k_params) if params is None else params
   return {"step": jnp.zeros((), jnp.int32), "params": params,
           "opt_state": optimizer.init(params), "rng": jax.random.key_data(k_steps)}
 
@@ -36,10 +38,19 @@ def state_shardings(model: Model, optimizer, mesh, rules) -> TrainState:
   return {"step": rep, "params": p_sh, "opt_state": opt_sh, "rng": rep}
 
 
+# fold_in tag of the step key for the model's own dropout (model.dropout_*), kept apart from the
+# key the objective draws its noise (mask times, masks) from.
+MODEL_DROPOUT_STREAM = 0x6D64
+
+
 def make_loss_fn(model: Model, objective: Callable, objective_args: Mapping[str, Any]):
-  """(params, tokens_BxL, rng) -> (loss, metrics) for one objective."""
+  """(params, tokens_BxL, rng) -> (loss, metrics) for one objective. Every objective's forward
+  applies the model config's dropout with a key of the step, unless the objective passes its own
+  rates and key (ar_dropout); evaluation calls the model without a key, so without dropout."""
   def loss_fn(params, tokens_BxL, rng):
-    return objective(model.apply, params, {"tokens": tokens_BxL}, rng, objective_args)
+    forward = functools.partial(model.apply,
+                                dropout_key=jax.random.fold_in(rng, MODEL_DROPOUT_STREAM))
+    return objective(forward, params, {"tokens": tokens_BxL}, rng, objective_args)
   return loss_fn
 
 
@@ -100,11 +111,15 @@ def microbatch_sharding(mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, P(None, *spec))
 
 
-def create_state(model: Model, optimizer, seed: int, shardings: TrainState) -> TrainState:
-  """Initialises the state directly into its shardings (no full copy on any one device)."""
+def create_state(model: Model, optimizer, seed: int, shardings: TrainState,
+                 params=None) -> TrainState:
+  """Initialises the state directly into its shardings (no full copy on any one device);
+  `params` (host arrays, e.g. from model.init_from) replace the random init."""
+  if params is not None:
+    params = jax.device_put(params, shardings["params"])
   options = None
   if jax.devices()[0].platform == "cpu":
     # Init runs once; LLVM's optimisation of its RNG code costs more time than it saves.
     options = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-  return jax.jit(lambda: init_state(model, optimizer, seed), out_shardings=shardings,
-                 compiler_options=options)()
+  return jax.jit(lambda p: init_state(model, optimizer, seed, p), out_shardings=shardings,
+                 compiler_options=options)(params)

@@ -19,8 +19,10 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     ("core", ("dlmscale.errors", "dlmscale.optional", "dlmscale.corruption",
               "dlmscale.objectives", "dlmscale.models", "dlmscale.data", "dlmscale.parallel",
-              "dlmscale.train", "dlmscale.checkpoint", "dlmscale.optim", "dlmscale.flops",
-              "dlmscale.metrics")),
+              "dlmscale.train", "dlmscale.checkpoint", "dlmscale.checksums", "dlmscale.optim",
+              "dlmscale.flops", "dlmscale.preemption", "dlmscale.provenance", "dlmscale.run_files",
+              "dlmscale.metrics", "dlmscale.progress", "dlmscale.profiling",
+              "dlmscale.compilation_cache", "dlmscale.export", "dlmscale.hf_import")),
     ("components", ("dlmscale.evaluation", "dlmscale.sampling")),
     ("schema", ("dlmscale.config",)),
     ("assembly", ("dlmscale.config_files", "dlmscale.json_config", "dlmscale.experiment")),
