@@ -61,6 +61,12 @@ _METRIC = flags.DEFINE_string("metric", "val", "analyze: the headline metric, 'v
                               "'<task>/<metric>' (e.g. heldout/acc).")
 _FORCE = flags.DEFINE_bool("force", False, "analyze: compare runs that are not token-matched.")
 _PLOTS = flags.DEFINE_bool("plots", True, "analyze: draw PNG plots (the 'plot' extra).")
+_PREPARE_ENGINE = flags.DEFINE_enum("prepare_engine", "local", ["local", "beam"], "prepare: "
+                                    "'local' (data.workers processes) or 'beam' (Apache Beam; "
+                                    "the 'beam' extra). Both write the same bytes.")
+_BEAM_OPTIONS = flags.DEFINE_string("beam_options", "", "prepare --prepare_engine=beam: Beam "
+                                    "pipeline options, e.g. '--runner=DirectRunner "
+                                    "--direct_num_workers=4 --direct_running_mode=multi_processing'.")
 
 
 def _fail(message: str) -> None:
@@ -173,6 +179,7 @@ def main(argv) -> None:
         parallel=_PARALLEL.value, yes=_YES.value, launch_options=tuple(_LAUNCH_OPTIONS.value),
         mfu=_MFU.value, compile=_PLAN_COMPILE.value, runs=tuple(_RUNS.value), out=_OUT.value,
         metric=_METRIC.value, force=_FORCE.value, plots=_PLOTS.value,
+        prepare_engine=_PREPARE_ENGINE.value, beam_options=_BEAM_OPTIONS.value,
         distributed=(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                      _CPU_COLLECTIVES.value, _MULTIHOST.value), run_args=tuple(argv[1:])))
   except modes.INTERRUPTED as e:
