@@ -49,6 +49,9 @@ setup(
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
         "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
+        # --prepare_engine=beam. Not in `test`: apache-beam 2.77 pins protobuf<7 and pyarrow<26,
+        # which break sentencepiece 0.2.3's generated code and the parquet extra (README, Data).
+        "beam": ["apache-beam>=2.77,<3"],
     },
     entry_points={"console_scripts": [
         "dlmscale=dlmscale.main:run",
