@@ -18,8 +18,11 @@ passed as `--tasks path/to/task.yaml` or found with `--include_path DIR`.
 model_args: workdir and objective (default: the config's first), or both at once as
 checkpoint=<workdir>/<objective>; config, the experiment file (FILE[:ARG] as for --config), or
 without it the run's saved <workdir>/<objective>/config.json;
-config_overrides ('train.lr=1e-3;data.seq_len=64': ';' between them since lm-eval splits
-model_args at commas); estimator, num_samples, cfg_scale (DLM likelihood, see scorer.py); seed;
+config_overrides ('train.lr=1e-3;eval.limit=10': ';' between them since lm-eval splits
+model_args at commas); max_length, the scoring window in tokens (default: the config's
+eval.max_length, whose 0 means data.seq_len, the trained window; a longer one scores long items
+such as HellaSwag's on a 128-token model, with RoPE beyond the trained length; generation keeps
+the trained window); estimator, num_samples, cfg_scale (DLM likelihood, see scorer.py); seed;
 for DLM generation gen_length (0: the task's max_gen_toks), steps, block_length, remasking (see
 dlmscale.sampling). lm-eval's --batch_size is the number of sequences per forward pass ('auto'
 gives 32); its default of 1 leaves a DLM one mask sample per pass, so pass a large one.
@@ -32,6 +35,7 @@ top_p (greedy unless the task samples). A prompt longer than the window keeps it
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import os
 import sys
@@ -155,7 +159,7 @@ class DlmscaleLM(LM):
                objective: str | None = None, config_overrides: str | Mapping = "", *,
                checkpoint: str | None = None, loaded: LoadedModel | None = None,
                estimator: str = "fixed_count", num_samples: int = 128, cfg_scale: float = 0.0,
-               batch_size=None, seed: int = 0,
+               batch_size=None, seed: int = 0, max_length: int | None = None,
                gen_length: int = 0, steps: int = 0, block_length: int = 0,
                remasking: str = "low_confidence", device=None, max_batch_size=None):
     super().__init__()
@@ -176,7 +180,9 @@ class DlmscaleLM(LM):
       raise ConfigError("pass either loaded= or config= and workdir=, not both")
     self.lm = loaded
     self.batch_size = _batch_size(batch_size)
-    self.scorer = Scorer(loaded, estimator=estimator, num_samples=int(num_samples),
+    self.max_length = scoring_window(loaded, max_length)
+    self.scorer = Scorer(dataclasses.replace(loaded, seq_len=self.max_length),
+                         estimator=estimator, num_samples=int(num_samples),
                          cfg_scale=float(cfg_scale), batch_size=self.batch_size, seed=int(seed))
     self.seed = int(seed)
     self.dlm_settings = dict(steps=int(steps), block_length=int(block_length),
@@ -246,6 +252,21 @@ class DlmscaleLM(LM):
       if len(tok.encode(text)) <= room:
         return text
     return ""
+
+
+def scoring_window(lm: LoadedModel, max_length) -> int:
+  """The scoring window: max_length, else the run config's eval.max_length, else lm.seq_len (0
+  means the same)."""
+  if max_length is None:
+    max_length = getattr(getattr(lm.cfg, "eval", None), "max_length", 0) or 0
+  try:
+    window = int(max_length)
+  except (TypeError, ValueError):
+    window = -1
+  if window < 0 or window == 1:
+    raise ConfigError(f"max_length={max_length!r} is not a window of at least 2 tokens: pass e.g. "
+                      f"max_length=512, or 0 for the trained window ({lm.seq_len})")
+  return window or lm.seq_len
 
 
 def _freeze(settings: dict) -> tuple:

@@ -3,6 +3,7 @@
 Tiny AR and MDM models (tests/configs/tiny.py, 4 training steps) are loaded the way lm-eval loads
 them: from model_args naming the config file and the run directory.
 """
+import dataclasses
 import json
 import sys
 
@@ -218,3 +219,35 @@ def test_load_config_applies_overrides_and_rejects_bad_ones(tmp_path):
   with pytest.raises(ConfigError, match="not both"):
     adapter.DlmscaleLM(checkpoint=str(tmp_path / "ar"), objective="ar")
 
+
+
+def test_max_length_widens_the_scoring_window(workdir, models):
+  """A continuation longer than the trained 32-token window is refused there; with max_length=64
+  it scores as a Scorer over the same checkpoint with a 64-token window (what eval.max_length
+  does), and generation keeps the trained window."""
+  from lm_eval.api.registry import get_model
+  long_pair = ("def f(x):", " return " + "x + " * 12 + "1")  # 57 byte tokens
+  with pytest.raises(ConfigError, match="eval.max_length"):
+    models["ar"].loglikelihood(instances("loglikelihood", [long_pair]))
+  wide = get_model("dlmscale").create_from_arg_string(
+      model_args(workdir, "ar") + ",max_length=64", {"batch_size": BATCH, "device": None})
+  assert (wide.max_length, wide.scorer.lm.seq_len, wide.lm.seq_len) == (64, 64, 32)
+  reference = Scorer(dataclasses.replace(models["ar"].lm, seq_len=64), estimator="fixed_count",
+                     num_samples=NUM_SAMPLES, batch_size=BATCH, seed=3)
+  got = wide.loglikelihood(instances("loglikelihood", [long_pair] + PAIRS))
+  assert got == [(w.logprob, w.greedy) for w in reference.loglikelihood([long_pair] + PAIRS)]
+  narrow = models["ar"].loglikelihood(instances("loglikelihood", PAIRS))  # these fit in 32
+  assert [g for _, g in got[1:]] == [g for _, g in narrow]
+  assert [lp for lp, _ in got[1:]] == pytest.approx([lp for lp, _ in narrow], rel=1e-5)
+  assert wide._generation_settings({"max_gen_toks": 256})["max_new_tokens"] == 32 - 2
+
+
+def test_max_length_defaults_to_the_run_config_and_rejects_bad_values(models):
+  lm = models["ar"].lm
+  assert adapter.scoring_window(lm, None) == adapter.scoring_window(lm, 0) == 32
+  cfg = tiny_config(**{"eval.max_length": 48})
+  assert adapter.scoring_window(dataclasses.replace(lm, cfg=cfg), None) == 48
+  assert adapter.scoring_window(dataclasses.replace(lm, cfg=cfg), "96") == 96
+  for bad in (-1, 1, "long"):
+    with pytest.raises(ConfigError, match="max_length="):
+      adapter.scoring_window(lm, bad)
