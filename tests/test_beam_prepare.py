@@ -119,6 +119,23 @@ def test_beam_writes_the_same_bytes(single, options, tmp_path):
 
 
 @needs_beam
+def test_workers_write_through_prepared_dir_url(single, tmp_path):
+  """Workers reach prepared_dir through --prepared_dir_url (here a symlink standing in for a
+  bucket URL whose gcsfuse mount the driver uses); a URL naming another folder is an error."""
+  root, d, meta, expected = single
+  (tmp_path / "mount").mkdir()
+  (tmp_path / "url").symlink_to(tmp_path / "mount")
+  out = tmp_path / "mount" / "prepared"
+  with pytest.raises(DataError, match=r"must end in prepared_dir's folder name 'prepared'"):
+    beam_prepare.prepare_beam(d, str(out), f"--prepared_dir_url={tmp_path / 'url' / 'other'}",
+                              records_per_shard=7)
+  assert listing(tmp_path / "mount") == []
+  beam_prepare.prepare_beam(d, str(out), f"--prepared_dir_url={tmp_path / 'url' / 'prepared'}",
+                            records_per_shard=7)
+  assert tree(out) == expected
+
+
+@needs_beam
 @needs_bench
 def test_beam_decontaminates_as_prepare(tmp_path):
   """A HumanEval prompt and solution hidden among the documents is dropped by both engines."""

@@ -12,8 +12,9 @@ kept rows renumbered into shards the same way. The driver then hashes each split
 and writes meta.json; the output is byte-identical to the single-process prepare whatever the
 runner or worker count. Sources, split, dedupe and decontamination rules are prepare's.
 
-Workers write into the temporary sibling of out_dir; on a cluster they reach it at
-`--prepared_dir_url` (e.g. gs://bucket/prepared when out_dir is that bucket's gcsfuse mount).
+Workers write into the temporary sibling of out_dir; on a cluster they reach out_dir at the Beam
+option `--prepared_dir_url` (e.g. gs://bucket/prepared/code when out_dir is
+/mnt/bucket/prepared/code, that bucket's gcsfuse mount on the machine that launches the job).
 """
 from __future__ import annotations
 
@@ -168,21 +169,19 @@ def split_counts(lay: dict, seq_len: int) -> dict:
 
 
 def write_shard(directory: str, split: str, index: int, rows_RxL: np.ndarray) -> dict:
-  """One ArrayRecord shard of rows, as ShardWriter writes it; a URL directory gets a copy of a
-  local file. Returns the shard's meta."""
+  """One ArrayRecord shard of rows, as ShardWriter writes it, into a local or cloud directory
+  (ArrayRecord writes local files: the shard is written on the worker's disk, then copied).
+  Returns the shard's meta."""
   from array_record.python import array_record_module  # noqa: PLC0415  (heavy native module)
   name = shard_name(split, index)
-  remote = "://" in directory
-  local = tempfile.mkdtemp() if remote else directory
-  path = os.path.join(local, name)
-  writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
-  for row_L in rows_RxL.astype(rows_RxL.dtype.newbyteorder("<"), copy=False):
-    writer.write(row_L.tobytes())
-  writer.close()
-  nbytes = os.path.getsize(path)
-  if remote:
+  with tempfile.TemporaryDirectory() as local:
+    path = os.path.join(local, name)
+    writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
+    for row_L in rows_RxL.astype(rows_RxL.dtype.newbyteorder("<"), copy=False):
+      writer.write(row_L.tobytes())
+    writer.close()
+    nbytes = os.path.getsize(path)
     epath.Path(path).copy(epath.Path(directory) / name, overwrite=True)
-    os.remove(path)
   return {"file": name, "num_records": len(rows_RxL), "bytes": nbytes}
 
 
@@ -332,10 +331,9 @@ def _build(p, spec: PrepareSpec, tok, decontaminator, directory: str, chunk_rows
 def _prepare_into(spec: PrepareSpec, tmp: str, options, chunk_rows: int) -> dict:
   beam = _beam()
   start = time.time()
+  directory = worker_dir(tmp, options.get_all_options().get("prepared_dir_url"))
   decontaminator = make_decontaminator(spec)
   tok = load_tokenizer(spec, decontaminator, tmp)
-  url = options.get_all_options().get("prepared_dir_url")
-  directory = f"{url.rstrip('/')}/{os.path.basename(tmp)}" if url else tmp
   beam_log = logging.getLogger("apache_beam")
   level = beam_log.level
   # The runner logs a worker's exception with its traceback before re-raising it, wrapped:
@@ -367,6 +365,19 @@ def _prepare_into(spec: PrepareSpec, tmp: str, options, chunk_rows: int) -> dict
            wall, summary["total_bytes"] / 1e6 / max(wall, 1e-9))
   return assemble_meta(spec, tok, decontaminator, per_source, summary["contaminated"],
                        summary["total_bytes"], split_metas, counts, dropped)
+
+
+def worker_dir(tmp: str, prepared_dir_url: str | None) -> str:
+  """Where workers write: tmp, or its sibling under the URL at which they reach prepared_dir."""
+  if not prepared_dir_url:
+    return tmp
+  parent, _, name = prepared_dir_url.rstrip("/").rpartition("/")
+  expected = os.path.basename(tmp)[1:].rsplit(".tmp-", 1)[0]
+  if not parent or name != expected:
+    raise DataError(f"--prepared_dir_url={prepared_dir_url} must end in prepared_dir's folder "
+                    f"name {expected!r} (it is prepared_dir as workers see it); fix it, or drop "
+                    f"it when workers share prepared_dir's filesystem")
+  return f"{parent}/{os.path.basename(tmp)}"
 
 
 def _split_meta(tmp: str, split: str, shards: list[dict], seq_len: int, dtype) -> dict:
