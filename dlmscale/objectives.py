@@ -1,7 +1,10 @@
 """The loss registry: pure functions `(forward, params, batch, rng, cfg) -> (loss, metrics)`.
 
-`forward(params, tokens_BxL, *, causal, lengths_B=None, dropout_rates=None, dropout_key=None)`
-returns `(logits_BxLxV, aux)`; every objective adds `aux['aux_loss']` (MoE balancing terms).
+`forward(params, tokens_BxL, *, causal, lengths_B=None, dropout_rates=None, dropout_key=None,
+head=True)` returns `(logits_BxLxV, aux)`; with head=False the built-in objectives get the network's
+HeadInput instead (hidden states and head matrix) and `cross_entropy` never materialises the fp32
+logits; a forward that ignores `head` and returns logits works the same. Every objective adds
+`aux['aux_loss']` (MoE balancing terms).
 `batch['tokens']` is the shared token stream: objectives differ only in what they do to it.
 `cfg` is a mapping with the objective's own arguments plus `mask_id`.
 """
@@ -15,6 +18,7 @@ import jax.numpy as jnp
 from dlmscale.corruption import (force_one_masked, mask_tokens, random_lengths, rate_mask,
                                  sample_mask_times)
 from dlmscale.errors import ConfigError
+from dlmscale.models.cross_entropy import cross_entropy
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 _REGISTRY: dict[str, Objective] = {}
@@ -105,13 +109,16 @@ def aux_metrics(aux) -> dict:
   return out
 
 
-def _next_token_loss(logits_BxLxV, tokens_BxL, aux):
-  """Shifted next-token loss over the L-1 predictable positions (the last logit is unused)."""
-  ce_Bx_L1 = token_cross_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
-  predicted = jnp.argmax(logits_BxLxV[:, :-1], axis=-1)
-  nll = ce_Bx_L1.mean()
-  metrics = {"nll": nll, "accuracy": (predicted == tokens_BxL[:, 1:]).mean(),
-             **aux_metrics(aux)}
+def _next_token_loss(out, tokens_BxL, aux):
+  """Shifted next-token loss over the L-1 predictable positions (the last logit is unused).
+
+  `out` is logits_BxLxV or a HeadInput. Position i's target is token i + 1; the last position
+  gets weight 0 instead of being sliced off, which would copy the logits or hidden states."""
+  b, l = tokens_BxL.shape
+  targets_BxL = jnp.concatenate([tokens_BxL[:, 1:], tokens_BxL[:, :1]], axis=1)
+  weights_BxL = jnp.broadcast_to((jnp.arange(l) < l - 1) / (b * (l - 1)), (b, l))
+  nll, _, hit_BxL = cross_entropy(out, targets_BxL, weights_BxL)
+  metrics = {"nll": nll, "accuracy": hit_BxL[:, :-1].mean(), **aux_metrics(aux)}
   return nll + aux["aux_loss"], metrics
 
 
@@ -119,8 +126,8 @@ def _next_token_loss(logits_BxLxV, tokens_BxL, aux):
 def ar(forward, params, batch, rng, cfg):
   """Autoregressive: causal attention, next-token cross-entropy."""
   del rng, cfg
-  logits, aux = forward(params, batch["tokens"], causal=True)
-  return _next_token_loss(logits, batch["tokens"], aux)
+  out, aux = forward(params, batch["tokens"], causal=True, head=False)
+  return _next_token_loss(out, batch["tokens"], aux)
 
 
 @register("ar_input_mask", check=_rate_problem("ar_input_mask"), rate=0.3)
@@ -128,9 +135,9 @@ def ar_input_mask(forward, params, batch, rng, cfg):
   """AR with input noise: a `rate` fraction of input tokens become the mask id; targets stay clean."""
   tokens = batch["tokens"]
   masked = jax.random.bernoulli(rng, cfg["rate"], tokens.shape)
-  logits, aux = forward(params, mask_tokens(tokens, masked, cfg["mask_id"]).inputs_BxL,
-                        causal=True)
-  loss, metrics = _next_token_loss(logits, tokens, aux)
+  out, aux = forward(params, mask_tokens(tokens, masked, cfg["mask_id"]).inputs_BxL,
+                     causal=True, head=False)
+  loss, metrics = _next_token_loss(out, tokens, aux)
   return loss, dict(metrics, input_mask_fraction=masked.mean())
 
 
@@ -138,9 +145,9 @@ def ar_input_mask(forward, params, batch, rng, cfg):
 def ar_dropout(forward, params, batch, rng, cfg):
   """AR with parameter noise: dropout at `rate` on the given sites of the network."""
   rates = {site: cfg["rate"] for site in cfg["sites"]}
-  logits, aux = forward(params, batch["tokens"], causal=True, dropout_rates=rates,
-                        dropout_key=rng)
-  return _next_token_loss(logits, batch["tokens"], aux)
+  out, aux = forward(params, batch["tokens"], causal=True, dropout_rates=rates,
+                     dropout_key=rng, head=False)
+  return _next_token_loss(out, batch["tokens"], aux)
 
 
 @register("mdm", kind="dlm", check=_mdm_problem, eps=1e-3, weighting="inv_t", antithetic=True, random_length_prob=0.0)
@@ -172,12 +179,12 @@ def mdm(forward, params, batch, rng, cfg):
     raise ConfigError(f"unknown mdm weighting {cfg['weighting']!r}: use 'inv_t' or "
                       "'inv_masked_fraction'")
   c = mask_tokens(tokens, masked_BxL, cfg["mask_id"], weight_B)
-  logits, aux = forward(params, c.inputs_BxL, causal=False, lengths_B=lengths_B)
-  all_ce_BxL = token_cross_entropy(logits, tokens)
-  loss = (all_ce_BxL * c.weights_BxL).sum(-1).mean()
+  out, aux = forward(params, c.inputs_BxL, causal=False, lengths_B=lengths_B, head=False)
+  # The mean over rows of each row's weighted sum, as one weighted sum.
+  loss, all_ce_BxL, hit_BxL = cross_entropy(out, tokens, c.weights_BxL / b)
   ce_BxL = all_ce_BxL * masked_BxL
   n_masked_B = masked_BxL.sum(-1)
-  correct = (jnp.argmax(logits, -1) == tokens) & masked_BxL
+  correct = hit_BxL & masked_BxL
   loss_name = "elbo" if cfg["weighting"] == "inv_t" else "weighted_masked_ce"
   metrics = {loss_name: loss, "masked_ce": ce_BxL.sum() / jnp.maximum(n_masked_B.sum(), 1),
              "accuracy": correct.sum() / jnp.maximum(n_masked_B.sum(), 1),

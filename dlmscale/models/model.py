@@ -33,11 +33,12 @@ class Model:
     return _pure(nnx.split(Transformer(self.cfg, key), nnx.Param)[1])
 
   def apply(self, params: dict, tokens_BxL, *, causal: bool, lengths_B=None, dropout_rates=None,
-            dropout_key=None):
-    """Forward pass; returns (logits_BxLxV fp32, aux dict with 'aux_loss')."""
+            dropout_key=None, head: bool = True):
+    """Forward pass; returns (logits_BxLxV fp32, aux dict with 'aux_loss'), or with head=False
+    (HeadInput(x_BxLxD, w_DxV), aux) for cross_entropy.cross_entropy."""
     module = nnx.merge(self.graphdef, params)
     return module(tokens_BxL, causal=causal, lengths_B=lengths_B, dropout_rates=dropout_rates,
-                  dropout_key=dropout_key)
+                  dropout_key=dropout_key, head=head)
 
   def init_cache(self, batch_size: int, max_len: int, start_B=None) -> dict:
     """An empty KV cache for `max_len` tokens per row: k and v [num_layers, B, K, max_len, H] in

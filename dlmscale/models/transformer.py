@@ -13,6 +13,7 @@ from flax import nnx
 
 from dlmscale.errors import ConfigError
 from dlmscale.parallel import constrain
+from dlmscale.models.cross_entropy import HeadInput
 from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
 from dlmscale.models.moe import DISPATCHES, ROUTERS, MoE
 
@@ -207,8 +208,10 @@ class Transformer(nnx.Module):
                         dtype=pd)
 
   def __call__(self, tokens_BxL, *, causal: bool, lengths_B=None, dropout_rates=None,
-               dropout_key=None):
-    """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives.
+               dropout_key=None, head: bool = True):
+    """Returns (logits_BxLxV in fp32, aux) where aux['aux_loss'] is added by objectives; with
+    head=False, (HeadInput(final-normed x_BxLxD, w_DxV), aux) for a cross-entropy that never
+    materialises the logits (models/cross_entropy.py).
 
     MoE models add to aux the MoE layers' mean load_balance_loss, z_loss, drop_fraction (scalars)
     and expert_load [E]; aux_loss is the sum over layers of each layer's weighted terms."""
@@ -257,15 +260,18 @@ class Transformer(nnx.Module):
           moe_aux.append(aux)
     x_BxLxD = self.final_norm(x_BxLxD)
     w_DxV = self.embed[...].T if cfg.tie_embeddings else self.head[...]
-    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxV.astype(cfg.dtype),
-                              preferred_element_type=jnp.float32)
-    logits_BxLxV = constrain(logits_BxLxV, ("batch", None, "vocab"))
+    if head:
+      logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxV.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32)
+      out = constrain(logits_BxLxV, ("batch", None, "vocab"))
+    else:
+      out = HeadInput(x_BxLxD, w_DxV.astype(cfg.dtype))
     if not moe_aux:
-      return logits_BxLxV, {"aux_loss": jnp.zeros((), jnp.float32)}
+      return out, {"aux_loss": jnp.zeros((), jnp.float32)}
     aux = {name: sum(a[name] for a in moe_aux) / len(moe_aux)
            for name in MOE_METRICS + ("expert_load",)}
     aux["aux_loss"] = sum(a["aux_loss"] for a in moe_aux)
-    return logits_BxLxV, aux
+    return out, aux
 
   def attend(self, tokens_BxT, *, positions_BxT, allowed_BxTxT, kv=None,
              cache_allowed_BxTxS=None):
