@@ -64,8 +64,8 @@ CASES = {
                                     tie_embeddings=False), "ar", "Qwen3MoeForCausalLM"),
     "dlm_untied_gqa": (dict(tie_embeddings=False, num_kv_heads=2), "dlm",
                        "DlmscaleForMaskedDiffusion"),
-    "dlm_tied_moe_no_scan": (dict(num_experts=4, moe_every=2, num_layers=4, scan_layers=False),
-                             "dlm", "DlmscaleForMaskedDiffusion"),
+    "dlm_tied_moe": (dict(num_experts=4, moe_every=2, num_layers=4), "dlm",
+                     "DlmscaleForMaskedDiffusion"),
 }
 
 
