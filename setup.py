@@ -4,6 +4,10 @@ from setuptools import find_packages, setup
 # Sources exercised by the test suite on small local data (seqio needs TensorFlow: skipped).
 _SOURCE_EXTRAS = ["pyarrow>=26,<27", "datasets>=5.2,<6", "tokenizers>=0.23,<0.24",
                   "tensorflow-datasets>=4.9.10,<4.10"]
+# --mode=export / model.init_from: transformers loads the export in the tests (torch: install the
+# CPU wheel with --extra-index-url https://download.pytorch.org/whl/cpu to skip CUDA).
+_HF_EXPORT = ["torch>=2.13,<3", "transformers>=5.24,<6", "safetensors>=0.8,<0.9",
+              "tokenizers>=0.23,<0.24"]
 
 setup(
     name="dlmscale",
@@ -36,6 +40,7 @@ setup(
         # (~200 MB with its dependencies) so CI runs the lm-eval adapter's tests.
         # nbclient + ipykernel execute notebooks/small_scale_replication.ipynb in the tests.
         "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
+                 *_HF_EXPORT,
                  "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4", "nbclient>=0.10,<0.12",
                  "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "wandb>=0.31,<0.32"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
@@ -48,6 +53,7 @@ setup(
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
+        "hf_export": _HF_EXPORT,  # --mode=export, model.init_from (Hugging Face checkpoints)
         "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
         # --prepare_engine=beam. Not in `test`: apache-beam 2.77 pins protobuf<7 and pyarrow<26,
         # which break sentencepiece 0.2.3's generated code and the parquet extra (README, Data).

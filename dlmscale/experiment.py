@@ -14,7 +14,7 @@ import jax
 
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
-from dlmscale import flops, objectives, optim, parallel, train
+from dlmscale import flops, hf_import, objectives, optim, parallel, train
 from dlmscale.data import TokenStream, ensure_prepared
 from dlmscale.data.tokenizers import get_tokenizer, needs_training
 from dlmscale.errors import CheckpointError, ConfigError, DlmscaleError
@@ -142,6 +142,14 @@ def restore_params(exp: Experiment, workdir: str):
     return state["params"], latest
   finally:
     checkpointer.close()
+
+
+def initial_params(exp: Experiment):
+  """The host params model.init_from names (a Hugging Face directory), or None: random init."""
+  path = exp.cfg.model.init_from
+  if not path:
+    return None
+  return hf_import.load_hf_params(path, exp.model)
 
 
 def loaded_model(exp: Experiment, params, step: int = 0) -> LoadedModel:
