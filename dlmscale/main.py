@@ -18,10 +18,10 @@ from ml_collections import config_flags
 from dlmscale import config_files
 
 MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile", "config",
-         "sweep", "plan", "analyze")
+         "sweep", "plan", "analyze", "export")
 _NO_CONFIG_MODES = ("sweep", "plan", "analyze")
-_WORKDIR_MODES = ("train", "eval", "sample", "code", "sweep")
-_SAVED_CONFIG_MODES = ("eval", "sample", "code")
+_WORKDIR_MODES = ("train", "eval", "sample", "code", "sweep", "export")
+_SAVED_CONFIG_MODES = ("eval", "sample", "code", "export")
 _JSON_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config.py")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
@@ -56,7 +56,8 @@ _PLAN_COMPILE = flags.DEFINE_bool("compile", False, "plan: also compile each run
                                   "(per-chip memory; needs libtpu).")
 # Analysis across runs.
 _RUNS = flags.DEFINE_list("runs", [], "analyze: run or sweep directories, comma-separated.")
-_OUT = flags.DEFINE_string("out", None, "analyze: where the table, summary and plots go.")
+_OUT = flags.DEFINE_string("out", None, "analyze: where the table, summary and plots go; "
+                           "export: the Hugging Face model directory to write.")
 _METRIC = flags.DEFINE_string("metric", "val", "analyze: the headline metric, 'val' or "
                               "'<task>/<metric>' (e.g. heldout/acc).")
 _FORCE = flags.DEFINE_bool("force", False, "analyze: compare runs that are not token-matched.")
@@ -90,7 +91,8 @@ def _with_config_file(argv: list[str]) -> list[str]:
   if spec is None:
     workdir = _flag_value(argv, "workdir")
     if _flag_value(argv, "mode") in _SAVED_CONFIG_MODES and workdir:
-      saved = config_files.run_config_path(workdir)
+      own = os.path.join(workdir, "config.json")  # export: --workdir=RUN/<objective>
+      saved = own if os.path.isfile(own) else config_files.run_config_path(workdir)
       if saved is None:
         _fail(f"no saved config in {workdir}/<objective>/config.json: pass --config, or point "
               "--workdir at a trained run")
