@@ -9,6 +9,7 @@ at save time and stored with the step's data state: a restore that does not repr
 from __future__ import annotations
 
 import logging
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -46,7 +47,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict) -> None:
     """Saves asynchronously (when enabled); a failure surfaces at the next `check`/`wait`."""
-    self.check()
+    if self._saving is not None:
+      self.wait()  # Orbax would wait for it anyway; this way its failure names its own step
     data_state = dict(data_state, **{CHECKSUMS: state_checksums(state)})
     try:
       self._manager.save(step, args=ocp.args.Composite(
@@ -167,15 +169,23 @@ def _absolute(directory) -> str:
 
 
 def describe_error(e: BaseException) -> str:
-  """The innermost OSError (ENOSPC, EACCES) if there is one, else the first line of `e`."""
+  """The cause in a few words: the innermost OSError (ENOSPC, EACCES), the OS error inside a
+  TensorStore message, else the first line of `e`."""
   seen = e
   while seen is not None:
     if isinstance(seen, OSError) and seen.strerror:
       where = f" at {seen.filename}" if seen.filename else ""
       return f"{type(seen).__name__}: {seen.strerror}{where}"
     seen = seen.__cause__ or seen.__context__
-  first_line = (str(e).strip().splitlines() or [""])[0][:200]
-  return f"{type(e).__name__}: {first_line}"
+  text = str(e)
+  os_error = re.search(r"([^:\]]*?) \[os_error_code='(\d+)'\]", text)
+  if os_error:  # TensorStore: '... Failed to write N bytes to file 14: No space left on device'
+    path = re.search(r'Failed writing: "([^"]+)"', text)
+    where = f" at {path.group(1)}" if path else ""
+    return f"OS error {os_error.group(2)}: {os_error.group(1).strip()}{where}"
+  first_line = (text.strip().splitlines() or [""])[0]
+  first_line = first_line.split(" See full TensorStore details", 1)[0]
+  return f"{type(e).__name__}: {first_line[:160]}"
 
 
 def abstract_like(state_shardings, abstract_state):

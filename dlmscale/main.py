@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from dlmscale import config_files
+from dlmscale.preemption import Preempted
 
 MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile", "config",
          "sweep", "plan", "analyze", "export")
@@ -172,6 +174,8 @@ def main(argv) -> None:
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Orbax logs a failed save's traceback from its own thread; dlmscale reports it on one line.
+  logging.getLogger("absl").addFilter(_drop_orbax_errors)
   from dlmscale import modes  # after flag parsing: keeps --help fast
   from dlmscale.errors import DlmscaleError
   try:
@@ -194,6 +198,10 @@ def main(argv) -> None:
     _fail(str(e))
 
 
+def _drop_orbax_errors(record: logging.LogRecord) -> bool:
+  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
 def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:
   """When an Orbax restore fails, the TensorStore reads still in flight call back into the event
   loop Orbax already closed; their tracebacks would bury the one-line error, so they are dropped."""
@@ -210,11 +218,24 @@ def _subcommand_to_flag(argv: list[str]) -> list[str]:
   return argv
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+  """SIGTERM outside a training loop (which saves first): stop now, saying so. Training installs
+  its own handler."""
+  mode = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--mode=")), "train")
+  raise Preempted(f"SIGTERM received during --mode={mode} start-up or between runs: nothing "
+                  "was lost; rerun the same command (training resumes from its last checkpoint)")
+
+
 def run() -> None:
   sys.argv = _subcommand_to_flag(sys.argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.unraisablehook = _drop_closed_loop_noise
-  app.run(main, flags_parser=_parse_flags)
+  signal.signal(signal.SIGTERM, _stop_on_sigterm)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except Preempted as e:  # before main() could catch it (flag parsing, imports)
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(143)
 
 
 if __name__ == "__main__":

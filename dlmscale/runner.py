@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
@@ -88,6 +89,13 @@ def _pending_to_json(values) -> list[dict]:
 
 def _pending_from_json(records) -> list[dict]:
   return [{k: np.asarray(v, dtype=dtype) for k, (v, dtype) in m.items()} for m in records or ()]
+
+
+def _any_process(flag: bool) -> bool:
+  """True in every process when it is true in one (each gets SIGTERM at its own moment)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
 def _check_finite(exp, values, step) -> None:
@@ -188,7 +196,8 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
         else:
           timed += 1
         done = step + 1
-        preempted = sigterm.raised  # read once: SIGTERM may land mid-step, after save_now
+        # Read once (SIGTERM may land mid-step); every process must stop at the same step.
+        preempted = _any_process(sigterm.raised)
         regular_save = done % cfg.train.checkpoint_every == 0 or done == end
         evaluate_now = eval_due(done)
         # Steps before an evaluation are logged first, so none is dropped and none is timed
