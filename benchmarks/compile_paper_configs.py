@@ -36,6 +36,18 @@ CASES = {
                       EXPERT8, "full"),
     "8b1a_fsdp_capacity": (dict(models.PAPER_8B1A, moe_dispatch="capacity"), 256, "v5p-64",
                            dict(data=1, fsdp=-1, tensor=1, expert=8), "full"),
+    # Dropless built for TPU (dlmscale/models/moe_tpu.py): megablox grouped matmuls per chip.
+    "8b1a_dropless_a2a": (dict(models.PAPER_8B1A, moe_dispatch="dropless_a2a"), 256, "v5p-64",
+                          EXPERT8, "full"),
+    "8b1a_dropless_gather": (dict(models.PAPER_8B1A, moe_dispatch="dropless_gather"), 256,
+                             "v5p-64", EXPERT8, "full"),
+    # FLOPs checks: 2 of the 26 layers, unrolled (a scanned loop's body is counted once).
+    "8b1a_l2_capacity_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="capacity",
+                                       num_layers=2), 256, "v5p-64", EXPERT8, "full"),
+    "8b1a_l2_dropless_a2a_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="dropless_a2a",
+                                           num_layers=2), 256, "v5p-64", EXPERT8, "full"),
+    "8b1a_l2_dropless_gather_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="dropless_gather",
+                                              num_layers=2), 256, "v5p-64", EXPERT8, "full"),
     # XLA's cost analysis counts a scanned layer loop's body once: unrolled for the FLOPs check.
     "1b_dp_remat_unrolled": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
 }

@@ -35,8 +35,11 @@ from dlmscale.models.layers import dropout
 
 TPU_DISPATCHES = ("dropless_a2a", "dropless_gather")
 KERNELS = ("ragged_dot", "megablox", "megablox_interpret")
-# megablox tile sizes (rows, contraction, columns); a dimension smaller than its tile is one tile.
-TILE = (512, 512, 512)
+# megablox tiles: at most this many rows, and this many (a multiple of 128) contraction and
+# output columns. One size serves both: the backward pass reuses the tiling with the weights
+# transposed, and a TPU block's last dimension must be a multiple of 128 (the kernel masks the
+# ragged last tile).
+TILE_ROWS, TILE_COLS = 512, 512
 
 _KERNEL = contextvars.ContextVar("dlmscale_moe_kernel", default=None)
 
@@ -59,8 +62,10 @@ def _default_kernel(mesh) -> str:
   return "megablox" if platform == "tpu" else "ragged_dot"
 
 
-def _tile(size: int, tile: int) -> int:
-  return size if size <= tile else tile
+def _tiling(m: int, k: int, n: int) -> tuple[int, int, int]:
+  tm = min(TILE_ROWS, -(-m // 8) * 8)  # whole sublanes of 8 rows
+  tc = 128 * max(1, min(k, n, TILE_COLS) // 128)
+  return tm, tc, tc
 
 
 def grouped_matmul(x_MxK, w_GxKxN, sizes_G, kernel: str):
@@ -75,10 +80,8 @@ def grouped_matmul(x_MxK, w_GxKxN, sizes_G, kernel: str):
     y_MxN = jax.lax.ragged_dot(x_MxK, w_GxKxN, sizes_G)
   else:
     from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
-    tm = _tile(m, TILE[0])
-    pad = -m % tm  # megablox needs whole row tiles
-    x_pad = jnp.pad(x_MxK, ((0, pad), (0, 0)))
-    tiling = (tm, _tile(w_GxKxN.shape[1], TILE[1]), _tile(w_GxKxN.shape[2], TILE[2]))
+    tiling = _tiling(m, *w_GxKxN.shape[1:])
+    x_pad = jnp.pad(x_MxK, ((0, -m % tiling[0]), (0, 0)))  # megablox needs whole row tiles
     y_MxN = megablox.gmm(x_pad, w_GxKxN, sizes_G, x_MxK.dtype, tiling, None, None, False,
                          kernel == "megablox_interpret")[:m]
   return jnp.where(valid_Mx1, y_MxN, 0)
