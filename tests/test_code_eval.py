@@ -182,7 +182,7 @@ def test_sandbox_has_no_network(network):
   if network == "socket_disabled":
     assert result.network == "socket_disabled" and "ModuleNotFoundError" in result.detail
   else:
-    assert result.network in ("namespace", "user_namespace", "socket_disabled")
+    assert result.network in ("bwrap", "namespace", "user_namespace", "socket_disabled")
 
 
 def test_sandbox_workdir_is_fresh_and_removed_and_other_endings():

@@ -1,16 +1,19 @@
-"""Child side of the sandbox: isolates itself, sets limits, runs one program, writes its verdict.
+"""Child side of the sandbox: isolates itself, sets limits, runs one program, reports its verdict.
 
-Started by sandbox.py as `python -I sandbox_child.py PROGRAM RESULT TIMEOUT_S MEMORY_MB FILE_MB
-NETWORK`, in a fresh session, with the working directory a fresh temporary one. It imports only
-the standard library (never dlmscale or JAX), so it starts in tens of milliseconds.
+Started by sandbox.py as `python -I sandbox_child.py PROGRAM KEY_FD VERDICT_FD TIMEOUT_S MEMORY_MB
+FILE_MB NETWORK` (under bwrap or not), in a fresh session, with the working directory a fresh
+temporary one. It imports only the standard library (never dlmscale or JAX), so it starts in tens
+of milliseconds.
 
-The verdict (status, detail, network) is one JSON object written to RESULT after the program
-returns; a program that ends the interpreter itself (os._exit, a signal) writes none, and the
-parent then judges from the exit status. The guards below stop accidents of generated code (a
-stray subprocess, rmtree, a socket); they are not a security boundary against hostile code.
+KEY_FD is a pipe holding a random token: read, then closed before the program starts. Once the
+program has returned, the verdict (status, network, detail) goes to the VERDICT_FD pipe as one
+line starting with that token, written with functions taken before the program ran (it may
+replace os.write or json, not the references kept here). A program that ends the interpreter
+itself (os._exit, a signal, closing the pipe) leaves no verdict, and the parent judges from the
+exit status. The guards below stop accidents of generated code (a stray subprocess, rmtree, a
+socket, a tracer); they are not a security boundary against hostile code.
 """
 import builtins
-import json
 import os
 import resource
 import sys
@@ -22,7 +25,10 @@ _NETWORK_MODULES = ("socket", "_socket", "ssl", "_ssl", "ctypes", "_ctypes")
 
 
 def isolate_network(mode: str) -> str:
-  """Leaves the host's network: a new empty network namespace, else no socket module."""
+  """Leaves the host's network: a new empty network namespace, else no socket module
+  ('isolated': bwrap has already left it)."""
+  if mode == "isolated":
+    return "bwrap"
   if mode == "auto":
     try:
       import ctypes
@@ -57,15 +63,20 @@ def _refused(name: str):
 
 
 def disable_dangerous_calls() -> None:
-  """Process creation, signals, limit changes and destructive file operations raise."""
+  """Process creation, signals, tracing, limit changes and destructive file operations raise."""
   import _posixsubprocess
   import shutil
+  import threading
   blocked = {
       os: ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execl",
            "execle", "execlp", "execlpe", "execvp", "execvpe", "posix_spawn", "posix_spawnp",
            "spawnv", "spawnve", "spawnl", "spawnle", "remove", "unlink", "rmdir", "removedirs",
            "rename", "renames", "replace", "truncate", "chmod", "chown", "lchown", "fchmod",
-           "fchown", "chroot", "setuid", "setgid", "putenv", "unsetenv"),
+           "fchown", "chroot", "setuid", "setgid", "putenv", "unsetenv", "setsid", "setpgid",
+           "setpgrp"),
+      # A tracer can jump the program's frames past its own tests.
+      sys: ("settrace", "setprofile"),
+      threading: ("settrace", "setprofile"),
       _posixsubprocess: ("fork_exec",),  # what subprocess.Popen and multiprocessing use
       shutil: ("rmtree", "move", "chown"),
       resource: ("setrlimit", "prlimit"),
@@ -94,11 +105,14 @@ def run(source: str) -> tuple[str, str]:
 
 
 def main() -> None:
-  program_path, result_path, timeout_s, memory_mb, file_mb, network_mode = sys.argv[1:]
+  program_path, key_fd, verdict_fd, timeout_s, memory_mb, file_mb, network_mode = sys.argv[1:]
   with open(program_path, encoding="utf-8") as fh:
     source = fh.read()
-  result = open(result_path, "w", encoding="utf-8")  # opened before the limits and guards
-  write, flush, exit_now = result.write, result.flush, os._exit
+  token = _read_all(int(key_fd))
+  os.close(int(key_fd))
+  # Builtins taken now: the program may rebind os.write or builtins.str, not these references.
+  write, exit_now, encode, replace = os.write, os._exit, str.encode, str.replace
+  verdict_fd = int(verdict_fd)
   network = isolate_network(network_mode)
   set_limits(float(timeout_s), int(memory_mb), int(file_mb))
   disable_dangerous_calls()
@@ -109,9 +123,23 @@ def main() -> None:
     sys.stderr.flush()
   except BaseException:
     pass
-  write(json.dumps({"status": status, "detail": detail, "network": network}))
-  flush()
+  try:
+    # Bytes built from exact str copies: a str subclass smuggled into `detail` changes nothing.
+    detail = encode(replace(replace(detail, "\n", " "), "\t", " "), "utf-8", "replace")
+    # The leading newline ends whatever partial line the program may have left on the pipe.
+    line = (b"\n" + encode(token) + b" " + encode(status) + b"\t" + encode(network) + b"\t" +
+            detail + b"\n")
+    write(verdict_fd, line)  # < PIPE_BUF: one atomic write
+  except BaseException:  # the program closed or replaced the pipe: no verdict
+    exit_now(3)
   exit_now(0)  # skips atexit handlers and non-daemon threads the program left behind
+
+
+def _read_all(fd: int) -> str:
+  data = b""
+  while chunk := os.read(fd, 64):
+    data += chunk
+  return data.decode()
 
 
 if __name__ == "__main__":
