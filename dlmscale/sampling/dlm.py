@@ -9,6 +9,10 @@ block's tokens as evenly as possible over its steps. Prompt tokens are never cha
 
 Rows of different prompt lengths are laid out as [prompt, answer, padding] and the padding is
 hidden from attention (the model's lengths_B), so each row sees exactly its own positions 0, 1, ...
+
+Faster options (dlm_cache): confidence-threshold parallel unmasking (`threshold`) and a block-wise
+approximate KV cache (`cache` "prefix" or "dual", refreshed once per block or every
+`refresh_every` steps).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 from dlmscale.errors import ConfigError
 from dlmscale.sampling.common import (StaticModel, ban, banned_mask, check_temperature,
                                       prompt_lengths)
+from dlmscale.sampling.dlm_cache import block_loop, check_fast_options
 
 REMASKING = ("low_confidence", "random")
 
@@ -29,11 +34,13 @@ REMASKING = ("low_confidence", "random")
 class DlmOutput(NamedTuple):
   """sequences_Bx(P+G): the prompt as given (left-padded) then the G generated ids.
   tokens_BxG: the generated ids cut at the first eod (eod ids from there on); lengths_B: ids
-  before that eod. commit_step_BxG: the step at which each generated id was unmasked."""
+  before that eod. commit_step_BxG: the step at which each generated id was unmasked.
+  passes: model forward passes run (int32 scalar; rows of a batch run in lockstep)."""
   sequences: jax.Array
   tokens: jax.Array
   lengths: jax.Array
   commit_step: jax.Array
+  passes: jax.Array
 
 
 def unmasking_schedule(gen_length: int, steps: int = 0, block_length: int = 0):
@@ -62,14 +69,22 @@ def unmasking_schedule(gen_length: int, steps: int = 0, block_length: int = 0):
 def dlm_generate(model, params, prompt_BxP, prompt_lengths_B=None, *, gen_length: int, key,
                  mask_id: int, eod_id: int, steps: int = 0, block_length: int = 0,
                  remasking: str = "low_confidence", temperature: float = 0.0,
-                 allow_eod: bool = True, banned_ids: Sequence[int] = ()) -> DlmOutput:
+                 allow_eod: bool = True, banned_ids: Sequence[int] = (), threshold: float = 0.0,
+                 cache: str = "none", refresh_every: int = 0) -> DlmOutput:
   """Generates gen_length ids after each left-padded prompt (lengths_B real tokens each, default
   all P) in `steps` denoising passes (see unmasking_schedule). temperature > 0 adds Gumbel noise
   of that scale to the logits (a draw from softmax(logits / temperature)); 0 is greedy. The mask
-  id and banned_ids are never produced, nor eod when allow_eod is False."""
+  id and banned_ids are never produced, nor eod when allow_eod is False.
+
+  threshold > 0 (with steps=0): each step commits every masked id of the block more confident
+  than the threshold, at least one (threshold >= 1: one per step, the default sampler's answer).
+  cache "prefix" / "dual": block-wise approximate KV cache, refreshed at each block's first step
+  and every refresh_every steps (0: once per block). See dlm_cache."""
   check_temperature(temperature)
   if remasking not in REMASKING:
     raise ConfigError(f"unknown remasking {remasking!r}: use one of {list(REMASKING)}")
+  check_fast_options(threshold=threshold, cache=cache, refresh_every=refresh_every, steps=steps,
+                     remasking=remasking)
   commits_S, blocks_S = unmasking_schedule(gen_length, steps, block_length)
   prompt_BxP = np.asarray(prompt_BxP, np.int32)
   b, p = prompt_BxP.shape
@@ -81,16 +96,26 @@ def dlm_generate(model, params, prompt_BxP, prompt_lengths_B=None, *, gen_length
     row[:n] = prompt[p - n:]
     row[n:n + gen_length] = mask_id
   banned = [mask_id, *banned_ids] + ([] if allow_eod else [eod_id])
-  gen_BxG, commit_BxG = _dlm_loop(
-      StaticModel(model), params, jnp.asarray(canvas_BxT), jnp.asarray(lengths_B, jnp.int32),
-      key, jnp.float32(temperature), jnp.int32(mask_id),
-      banned_mask(model.cfg.vocab_size, banned), gen_length=gen_length,
-      commits=tuple(commits_S.tolist()), blocks=tuple(blocks_S.tolist()), remasking=remasking)
+  args = (StaticModel(model), params, jnp.asarray(canvas_BxT), jnp.asarray(lengths_B, jnp.int32),
+          key, jnp.float32(temperature))
+  banned_V = banned_mask(model.cfg.vocab_size, banned)
+  if threshold == 0 and cache == "none":
+    gen_BxG, commit_BxG = _dlm_loop(
+        *args, jnp.int32(mask_id), banned_V, gen_length=gen_length,
+        commits=tuple(commits_S.tolist()), blocks=tuple(blocks_S.tolist()), remasking=remasking)
+    passes = jnp.int32(len(commits_S))
+  else:
+    per_block = len(commits_S) // (max(blocks_S) + 1)
+    gen_BxG, commit_BxG, passes = block_loop(
+        *args, jnp.float32(threshold), jnp.int32(mask_id), banned_V, gen_length=gen_length,
+        block_length=gen_length // (max(blocks_S) + 1),
+        commits=tuple(commits_S[:per_block].tolist()), use_threshold=threshold > 0, cache=cache,
+        refresh_every=int(refresh_every), remasking=remasking)
   is_eod_BxG = gen_BxG == eod_id
   cut_B = jnp.where(is_eod_BxG.any(-1), jnp.argmax(is_eod_BxG, axis=-1), gen_length)
   tokens_BxG = jnp.where(jnp.arange(gen_length)[None] < cut_B[:, None], gen_BxG, eod_id)
   return DlmOutput(jnp.concatenate([jnp.asarray(prompt_BxP), gen_BxG], axis=1), tokens_BxG,
-                   cut_B.astype(jnp.int32), commit_BxG)
+                   cut_B.astype(jnp.int32), commit_BxG, passes)
 
 
 @functools.partial(jax.jit, static_argnames=("static_model", "gen_length", "commits", "blocks",
