@@ -6,11 +6,12 @@ import json
 import os
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _shared import random_params
+from _shared import random_params, tiny_config
 from dlmscale.data.tokenizers import get_tokenizer, train_tokenizer
 from dlmscale.errors import ConfigError
 from dlmscale.export import export_model
@@ -37,6 +38,11 @@ def exported(tmp_path, cfg, kind, seed=1):
   out = tmp_path / f"{kind}_export"
   report = export_model(cfg, params, BYTE, kind, str(out), seq_len=64)
   return model, params, out, report
+
+
+def dlmscale_logits(model, params, ids_BxL, kind, lengths_B=None):
+  fn = jax.jit(lambda p, x, n: model.apply(p, x, causal=kind == "ar", lengths_B=n)[0])
+  return np.asarray(fn(params, jnp.asarray(ids_BxL), lengths_B))
 
 
 def hf_logits(out, kind, ids_BxL, attention_mask=None):
@@ -75,7 +81,7 @@ def test_exported_logits_equal_dlmscale(tmp_path, case):
   cfg = tiny(**kw)
   model, params, out, report = exported(tmp_path, cfg, kind)
   assert report["architecture"] == arch
-  ref_BxLxV, _ = model.apply(params, jnp.asarray(IDS), causal=kind == "ar")
+  ref_BxLxV = dlmscale_logits(model, params, IDS, kind)
   hf, got_BxLxV = hf_logits(out, kind, IDS)
   assert type(hf).__name__ == arch
   np.testing.assert_allclose(got_BxLxV, np.asarray(ref_BxLxV), atol=TOL, rtol=0)
@@ -91,7 +97,7 @@ def test_dlm_padding_keys_are_hidden_like_lengths(tmp_path):
   invisible to every query."""
   model, params, out, _ = exported(tmp_path, tiny(num_kv_heads=2), "dlm")
   lengths_B = np.array([19, 11])
-  ref, _ = model.apply(params, jnp.asarray(IDS), causal=False, lengths_B=jnp.asarray(lengths_B))
+  ref = dlmscale_logits(model, params, IDS, "dlm", jnp.asarray(lengths_B))
   mask_BxL = (np.arange(19)[None] < lengths_B[:, None]).astype(np.int64)
   _, got = hf_logits(out, "dlm", IDS, mask_BxL)
   np.testing.assert_allclose(got, np.asarray(ref), atol=TOL, rtol=0)
@@ -111,18 +117,13 @@ def test_dlm_generate_matches_dlmscale_sampler(tmp_path, steps, block_length, re
     prompt_BxP[row, p - len(ids):], mask_BxP[row, p - len(ids):] = ids, 1
   banned = (BYTE.mask_id, *range(BYTE.vocab_size, 320))
   want = dlm_generate(model, params, prompt_BxP, mask_BxP.sum(1), gen_length=8,
-                      key=jax_key(0), mask_id=BYTE.mask_id, eod_id=BYTE.eod_id, steps=steps,
+                      key=jax.random.key(0), mask_id=BYTE.mask_id, eod_id=BYTE.eod_id, steps=steps,
                       block_length=block_length, remasking=remasking, banned_ids=banned)
   got = hf.generate(torch.tensor(prompt_BxP), attention_mask=torch.tensor(mask_BxP),
                     max_new_tokens=8, steps=steps, block_length=block_length,
                     remasking=remasking)
   np.testing.assert_array_equal(got.numpy(), np.asarray(want.sequences))
   assert not np.isin(got.numpy()[:, p:], banned).any()
-
-
-def jax_key(seed):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.random.key(seed)
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -158,7 +159,7 @@ def test_weights_are_sharded_with_an_index_over_the_limit(tmp_path):
   index = json.loads((out / "model.safetensors.index.json").read_text())
   assert set(index["weight_map"].values()) == set(shards)
   _, got = hf_logits(out, "ar", IDS)
-  ref, _ = model.apply(params, jnp.asarray(IDS), causal=True)
+  ref = dlmscale_logits(model, params, IDS, "ar")
   np.testing.assert_allclose(got, np.asarray(ref), atol=TOL, rtol=0)
 
 
@@ -203,3 +204,11 @@ def test_tokenizer_json_encodes_like_dlmscale(tmp_path, texts, kind):
   assert (hf.eos_token_id, hf.mask_token_id, hf.pad_token_id) == (tok.eod_id, tok.mask_id,
                                                                    tok.eod_id)
   assert hf.convert_tokens_to_ids(hf.mask_token) == tok.mask_id
+
+
+def test_export_mode_refuses_an_unexpressible_run_before_loading_it(tmp_path):
+  from dlmscale import modes  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(**{"model.num_experts": 4, "model.num_shared_experts": 1})
+  with pytest.raises(ConfigError, match="num_shared_experts=1 cannot be exported"):
+    modes.export(cfg, str(tmp_path / "ar"), str(tmp_path / "hf"))  # no run there: not read
+  assert not (tmp_path / "hf").exists()
