@@ -49,7 +49,7 @@ _DATA_FREE_MODES = ("compile", "config", "plan", "sweep", "analyze")
 # What eval, sample and code may change in a trained run's config: nothing they read for the
 # model or its data, so tokens seen, epochs and the validation set stay the run's own.
 CHECKPOINT_MODE_CHANGES = ("eval.", "sample.", "code.", "objectives", "train.profile_steps",
-                           "train.wandb_project")
+                           "train.wandb_project", "model.init_from")
 
 
 @dataclasses.dataclass(frozen=True)

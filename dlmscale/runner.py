@@ -35,7 +35,9 @@ log = logging.getLogger("dlmscale")
 # the last two, that say how to resume).
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.async_checkpointing", "train.peak_flops_per_device",
-                     "train.restore_fallback", "train.allow_data_change")
+                     "train.restore_fallback", "train.allow_data_change",
+                     # Only where a fresh run starts: on resume the checkpoint wins.
+                     "model.init_from")
 # Evaluation, generation and code-benchmark settings never touch the training state.
 RESUMABLE_SECTIONS = ("eval.", "sample.", "code.")
 
