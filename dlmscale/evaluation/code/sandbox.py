@@ -232,14 +232,23 @@ def _judge_exit(returncode: int, timed_out: bool, timeout_s: float,
       return "crashed", f"killed by {signal.Signals(sig).name}"
     except ValueError:
       return "crashed", f"killed by signal {sig}"
-  return "crashed", f"exited with code {returncode} before the program finished"
+  return "crashed", (f"exited with code {returncode} without a verdict (an exit before the "
+                     "program finished, or the verdict pipe closed)")
 
 
-def _kill_group(pgid: int) -> None:
-  try:
-    os.killpg(pgid, signal.SIGKILL)
-  except (ProcessLookupError, PermissionError):
-    pass
+def _kill_group(pgid: int, wait_s: float = 1.0) -> None:
+  """SIGKILLs the group, then waits (a bounded while) until none of it is left."""
+  end = time.monotonic() + wait_s
+  sig = signal.SIGKILL
+  while True:
+    try:
+      os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+      return
+    if time.monotonic() > end:  # e.g. zombies where nothing reaps orphans
+      return
+    sig = 0  # from now on only asks whether any member is left
+    time.sleep(0.01)
 
 
 def _read_output(path: str, max_chars: int) -> str:
