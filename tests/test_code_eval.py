@@ -24,6 +24,7 @@ from dlmscale.evaluation.code import (evaluate_code, humaneval_problems, load_pr
 from dlmscale.config import objective_names
 from dlmscale.evaluation.code.harness import check_code_config as _check_code_config
 from dlmscale.modes import code as code_command
+from dlmscale.evaluation.code import sandbox_bwrap
 from dlmscale.evaluation.code.problems import HUMANEVAL_STOPS, MBPP_STOPS
 
 
@@ -238,6 +239,7 @@ def test_evaluate_code_gives_the_exact_pass_at_k(humaneval):
   assert out["problems"][1]["samples"][0]["completion"] == ref[prompts_seen[1]]
   assert out["statuses"] == {"passed": 5, "failed": 1, "skipped": 2}
   assert out["problems_skipped"] == 1 and out["num_problems"] == 4
+  assert out["sandbox_backend"] == [sandbox_bwrap.choose("auto")[0]]  # bwrap where it works
 
 
 def test_evaluate_code_on_mbpp_and_bad_generators(mbpp):

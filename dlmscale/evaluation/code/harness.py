@@ -30,13 +30,14 @@ SKIPPED = sandbox.ExecResult("skipped", "not generated: the prompt does not fit 
 def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_samples: int = 1,
                   ks: Sequence[int] = (1,), limit: int = 0, timeout_s: float = 10.0,
                   memory_mb: int = 1024, workers: int | None = None,
-                  network: str = "auto") -> dict:
+                  network: str = "auto", backend: str = "auto") -> dict:
   """pass@k of generate_fn(prompts, num_samples) -> completions (one list per prompt).
 
+  `backend` is the sandbox's (sandbox_bwrap.BACKENDS; 'auto': bubblewrap where it works).
   Returns {"pass@k", "pass@k_stderr" for each k, counts, settings, "problems": [{task_id,
   num_correct, samples: [{completion (after the stop cut), status, detail}]}]}."""
   ks = parse_ks(ks)
-  check_settings(benchmark, num_samples, ks, timeout_s, memory_mb, network, limit)
+  check_settings(benchmark, num_samples, ks, timeout_s, memory_mb, network, limit, backend)
   problems = problems_lib.load_problems(benchmark, limit)
   start = time.monotonic()
   completions = generate_fn([p.prompt for p in problems], num_samples)
@@ -46,7 +47,7 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
          for p, cs in zip(problems, completions)]
   programs = [p.program(c) for p, cs in zip(problems, cut) for c in cs if c is not None]
   ran = iter(sandbox.run_programs(programs, workers=workers, timeout_s=timeout_s,
-                                  memory_mb=memory_mb, network=network))
+                                  memory_mb=memory_mb, network=network, backend=backend))
   results = [SKIPPED if c is None else next(ran) for cs in cut for c in cs]
   per_problem = []
   for i, (p, cs) in enumerate(zip(problems, cut)):
@@ -66,6 +67,7 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
       "statuses": dict(collections.Counter(r.status for r in results)),
       "problems_skipped": sum(all(c is None for c in cs) for cs in cut),
       "network_isolation": sorted({r.network for r in results if r.network}),
+      "sandbox_backend": sorted({r.backend for r in results if r.backend}),
       "timeout_s": timeout_s, "memory_mb": memory_mb,
       "generate_seconds": generate_s, "execute_seconds": time.monotonic() - start - generate_s,
       "problems": per_problem,
@@ -73,7 +75,8 @@ def evaluate_code(generate_fn: GenerateFn, benchmark: str = "humaneval", *, num_
 
 
 def check_settings(benchmark: str, num_samples: int, ks: Sequence[int], timeout_s: float,
-                   memory_mb: int, network: str = "auto", limit: int = 0) -> None:
+                   memory_mb: int, network: str = "auto", limit: int = 0,
+                   backend: str = "auto") -> None:
   """ConfigError for settings evaluate_code would reject, before anything expensive runs."""
   if benchmark not in problems_lib.STOPS:
     raise ConfigError(f"unknown code benchmark {benchmark!r}: use one of "
@@ -85,7 +88,7 @@ def check_settings(benchmark: str, num_samples: int, ks: Sequence[int], timeout_
                       f"{num_samples}: raise num_samples or drop the larger k")
   if not (isinstance(limit, numbers.Integral) and limit >= 0):
     raise ConfigError(f"code.limit must be an integer >= 0 (0: every problem), got {limit!r}")
-  sandbox.check_limits(timeout_s, memory_mb, network)
+  sandbox.check_limits(timeout_s, memory_mb, network, backend)
 
 
 def parse_ks(value) -> tuple[int, ...]:
