@@ -6,9 +6,10 @@ The corpus is the running Python's standard library with its tests (~1,800 files
 four non-UTF-8 test files skipped), tokenized with a SentencePiece BPE model trained once up front
 (not timed), decontaminated against HumanEval and MBPP when their packages are installed, packed
 at seq_len 512. Each engine prepares it into a fresh directory, back to back in one process; MB/s
-is source text over wall time (Beam's includes starting its workers). Every output file (shards,
-meta.json) is compared with the single-process one by sha256. Beam runs on the DirectRunner in
-multi_processing mode. Needs the `beam` extra.
+is source text over wall time (Beam's includes starting its workers); CPU seconds (this process
+and its reaped children: Beam's worker processes) and the load average say how much of the
+machine a run had. Every output file (shards, meta.json) is compared with the single-process
+one by sha256. Beam runs on the DirectRunner in multi_processing mode. Needs the `beam` extra.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -42,6 +44,12 @@ def machine() -> dict:
   import apache_beam  # noqa: PLC0415  (the beam extra)
   return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
           "apache_beam": apache_beam.__version__, "loadavg_at_start": os.getloadavg()[0]}
+
+
+def cpu_seconds() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+      resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def files_digest(directory: str) -> dict[str, str]:
@@ -81,23 +89,26 @@ def main():
         (f"beam {w} worker{'s' * (w > 1)}", f"--runner=DirectRunner --direct_num_workers={w} "
          f"--direct_running_mode=multi_processing") for w in map(int, args.beam_workers.split(","))]
     reference = None
-    print(f"{'engine':<18}{'seconds':>9}{'MB/s':>8}{'train rows':>12}  identical to single process")
+    print(f"{'engine':<18}{'seconds':>9}{'MB/s':>8}{'CPU s':>8}{'load':>6}{'train rows':>12}"
+          f"  identical to single process")
     for label, options in engines:
       out = os.path.join(tmp, label.replace(" ", "_"))
-      start = time.perf_counter()
+      start, cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
       if options is None:
         meta = prepare(copy.deepcopy(d), out, workers=1, records_per_shard=d.records_per_shard)
       else:
         meta = prepare_beam(copy.deepcopy(d), out, options, records_per_shard=d.records_per_shard)
-      wall = time.perf_counter() - start
+      wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
       digest = files_digest(out)
       reference = reference or digest
-      row = {"engine": label, "beam_options": options, "seconds": wall,
+      row = {"engine": label, "beam_options": options, "seconds": wall, "cpu_seconds": cpu,
+             "loadavg_at_start": load,
              "mb_per_s": meta["num_text_bytes"] / 1e6 / wall, "text_mb": meta["num_text_bytes"] / 1e6,
              "train_rows": meta["splits"]["train"]["num_sequences"],
              "files": len(digest), "identical": digest == reference}
       results["runs"].append(row)
-      print(f"{label:<18}{wall:>9.1f}{row['mb_per_s']:>8.2f}{row['train_rows']:>12,}  "
+      print(f"{label:<18}{wall:>9.1f}{row['mb_per_s']:>8.2f}{cpu:>8.1f}{load:>6.1f}"
+            f"{row['train_rows']:>12,}  "
             f"{row['identical']} ({len(digest)} files)", flush=True)
       shutil.rmtree(out)
   finally:
