@@ -88,7 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
       top_k=0, top_p=1.0, stop=(), seed=0,
       steps=0,  # DLM: unmasking steps (0: one token per step)
       block_length=0,  # DLM: semi-autoregressive block length (0: the whole answer is one block)
-      remasking="low_confidence"))  # DLM: or "random"
+      remasking="low_confidence",  # DLM: or "random"
+      # DLM, faster: commit every id more confident than `threshold` (>= 1 per step; 0: off, the
+      # `steps` schedule), and a block-wise approximate KV cache ("prefix" or "dual"; "none")
+      # refreshed at each block's start and every `refresh_every` steps (0: once per block).
+      threshold=0.0, cache="none", refresh_every=0))
 
   # Code benchmarks (--mode=code): pass@k over sandboxed executions. Greedy decoding gives one
   # distinct sample; for pass@10 sample (e.g. sample.temperature=0.8, num_samples=20).

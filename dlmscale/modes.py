@@ -222,7 +222,8 @@ def sample(cfg, workdir: str) -> list[dict]:
     completions = generate_text(
         lm, list(s.prompts), max_new_tokens=s.max_new_tokens, num_samples=s.num_samples,
         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, stop=tuple(s.stop),
-        steps=s.steps, block_length=s.block_length, remasking=s.remasking, seed=s.seed)
+        steps=s.steps, block_length=s.block_length, remasking=s.remasking, seed=s.seed,
+        threshold=s.threshold, cache=s.cache, refresh_every=s.refresh_every)
     samples = [{"prompt": p, "completions": c} for p, c in zip(s.prompts, completions)]
     record = {"objective": objective, "kind": lm.kind, "step": lm.step, "samples": samples}
     _print_samples(record)
@@ -262,7 +263,8 @@ def code(cfg, workdir: str) -> list[dict]:
           lm, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
           num_samples=num_samples, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
           stop=tuple(s.stop) + stops, steps=s.steps, block_length=s.block_length,
-          remasking=s.remasking, seed=s.seed, batch_size=cfg.eval.batch_size))
+          remasking=s.remasking, seed=s.seed, batch_size=cfg.eval.batch_size,
+          threshold=s.threshold, cache=s.cache, refresh_every=s.refresh_every))
       return [next(done) if f else [None] * num_samples for f in fits]
 
     report = code_lib.evaluate_code(generate, c.benchmark, num_samples=c.num_samples, ks=ks,

@@ -348,6 +348,13 @@ def test_generate_text_dlm_answers_and_checks_settings():
     generate_text(lm, ["print("], max_new_tokens=8, steps=3, block_length=4)
   with pytest.raises(ConfigError, match="remasking"):
     generate_text(lm, ["print("], max_new_tokens=8, remasking="topk")
+  # The fast options reach dlm_generate: threshold 1 with a cache refreshed every step is the
+  # one-token-per-step sampler; bad ones fail before any work.
+  one_per_step = generate_text(lm, ["print(", "x = 1"], max_new_tokens=8, block_length=4)
+  assert one_per_step == generate_text(lm, ["print(", "x = 1"], max_new_tokens=8, block_length=4,
+                                       threshold=1.0, cache="dual", refresh_every=1)
+  with pytest.raises(ConfigError, match="unknown cache"):
+    generate_text(lm, ["print("], max_new_tokens=8, cache="kv")
 
 
 def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
@@ -356,7 +363,7 @@ def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   zero optimizer state) serves both objectives: they share the network."""
   from dlmscale import experiment  # noqa: PLC0415  (heavy: prepares the tiny corpus)
   cfg = tiny_config(**{"sample.prompts": ("def f(", "x ="), "sample.max_new_tokens": 6,
-                       "sample.num_samples": 2, "sample.steps": 3})
+                       "sample.num_samples": 2, "sample.steps": 3, "sample.cache": "dual"})
   exp = experiment.build_experiment(cfg, "ar")
   abstract = jax.eval_shape(lambda: train.init_state(exp.model, exp.optimizer, 0))
   state = dict(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract),
@@ -368,7 +375,7 @@ def test_sample_command_loads_each_checkpoint_and_prints_completions(tmp_path):
   os.symlink(os.path.join(tmp_path, "ar"), os.path.join(tmp_path, "mdm"))
   lm = experiment.loaded_model(exp, state["params"])
   expected = {o: generate_text(dataclasses.replace(lm, kind=k), cfg.sample.prompts,
-                               max_new_tokens=6, num_samples=2, steps=3)
+                               max_new_tokens=6, num_samples=2, steps=3, cache="dual")
               for o, k in (("ar", "ar"), ("mdm", "dlm"))}
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):

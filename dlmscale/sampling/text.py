@@ -17,6 +17,7 @@ from dlmscale.progress import Progress
 from dlmscale.sampling.ar import ar_generate, check_sampling
 from dlmscale.sampling.common import left_pad
 from dlmscale.sampling.dlm import REMASKING, dlm_generate, unmasking_schedule
+from dlmscale.sampling.dlm_cache import check_fast_options
 
 PROMPT_WIDTH_MULTIPLE = 16  # prompt widths are rounded up so similar prompts share a compile
 
@@ -45,12 +46,14 @@ def encode_prompts(lm, prompts: Sequence[str], max_new_tokens: int) -> list[np.n
 def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int, num_samples: int = 1,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                   stop: Sequence[str] = (), steps: int = 0, block_length: int = 0,
-                  remasking: str = "low_confidence", seed: int = 0,
-                  batch_size: int = 0) -> list[list[str]]:
+                  remasking: str = "low_confidence", seed: int = 0, batch_size: int = 0,
+                  threshold: float = 0.0, cache: str = "none",
+                  refresh_every: int = 0) -> list[list[str]]:
   """For each prompt, its num_samples completions (text after the prompt, cut at eod and at the
   first stop string). lm.kind 'ar' samples with a KV cache (temperature, top_k, top_p); 'dlm'
   unmasks max_new_tokens ids in `steps` passes, `block_length` at a time, with `remasking` and
-  Gumbel `temperature` (see dlm_generate). Rows run batch_size at a time (0: all at once)."""
+  Gumbel `temperature`, or by confidence `threshold`, optionally through a block `cache` (see
+  dlm_generate). Rows run batch_size at a time (0: all at once)."""
   if isinstance(prompts, str):
     raise ConfigError("prompts must be a list of strings, not one string: wrap it in a list")
   if num_samples < 1 or batch_size < 0:
@@ -62,8 +65,10 @@ def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int, num_sample
     check_sampling(temperature, top_k, top_p)
   elif remasking not in REMASKING:
     raise ConfigError(f"unknown remasking {remasking!r}: use one of {list(REMASKING)}")
-  else:
-    unmasking_schedule(max_new_tokens, steps, block_length)  # bad settings fail before any work
+  else:  # bad settings fail before any work
+    check_fast_options(threshold=threshold, cache=cache, refresh_every=refresh_every, steps=steps,
+                       remasking=remasking)
+    unmasking_schedule(max_new_tokens, steps, block_length)
   rows = [ids for ids in encode_prompts(lm, prompts, max_new_tokens) for _ in range(num_samples)]
   if not rows:
     return []
@@ -80,7 +85,8 @@ def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int, num_sample
     ids_BxN, n_B = _generate(lm, tokens_BxP, lengths_B, jax.random.fold_in(key, i),
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                              top_p=top_p, steps=steps, block_length=block_length,
-                             remasking=remasking)
+                             remasking=remasking, threshold=threshold, cache=cache,
+                             refresh_every=refresh_every)
     texts += [cut_at_stop(lm.tokenizer.decode(ids[:n]), stop)
               for ids, n in zip(ids_BxN[:len(chunk)], n_B)]
     bar.update(len(chunk))
@@ -99,7 +105,7 @@ def banned_ids(lm) -> tuple[int, ...]:
 
 
 def _generate(lm, tokens_BxP, lengths_B, key, *, max_new_tokens, temperature, top_k, top_p, steps,
-              block_length, remasking):
+              block_length, remasking, threshold, cache, refresh_every):
   """(ids_BxN, lengths_B) as numpy: the generated ids and how many precede the eod/stop.
 
   Traced under the mesh's activation sharding, so activations and the KV cache are split over
@@ -115,5 +121,6 @@ def _generate(lm, tokens_BxP, lengths_B, key, *, max_new_tokens, temperature, to
       out = dlm_generate(lm.model, lm.params, tokens_BxP, lengths_B, gen_length=max_new_tokens,
                          key=key, mask_id=tok.mask_id, eod_id=tok.eod_id, steps=steps,
                          block_length=block_length, remasking=remasking,
-                         temperature=temperature, banned_ids=banned_ids(lm))
+                         temperature=temperature, banned_ids=banned_ids(lm), threshold=threshold,
+                         cache=cache, refresh_every=refresh_every)
     return np.asarray(out.tokens), np.asarray(out.lengths)
