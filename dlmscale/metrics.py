@@ -6,18 +6,22 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Mapping
 
+from etils import epath
+
 from dlmscale.errors import ConfigError
-from dlmscale.optional import require
+from dlmscale.run_files import write_text_atomic
 
 
-def _atomic_write(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
+def _append(path: epath.Path, text: str) -> None:
+  """Appends to a local file. An object store has no append (gcsfs's 'a' mode replaces the
+  object), so on a bucket the object is rewritten whole: one small upload per logging window."""
+  if "://" in str(path):
+    path.write_text((path.read_text() if path.exists() else "") + text)
+    return
+  with path.open("a") as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def run_hparams(config, objective: str) -> dict[str, str | int | float | bool]:
@@ -53,10 +57,10 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, enabled: bool = True, hparams: Mapping | None = None,
                wandb_project: str = ""):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = self._wandb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       from tensorboardX import SummaryWriter  # imported lazily: only the main process writes
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
       if hparams:
@@ -76,23 +80,22 @@ class MetricsWriter:
   def truncate_after(self, step: int) -> None:
     """Drops records past `step` and eval records at `step` (a resumed run rewrites them, so the
     file matches a clean run; a rerun of a finished run validates again)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not self.path.exists():
       return
 
     def keep(record):
       is_eval = any(k.startswith("eval/") for k in record)
       return record["step"] < step or (record["step"] == step and not is_eval)
 
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and keep(json.loads(line))]
-    _atomic_write(self.path, "".join(kept))
+    lines = self.path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and keep(json.loads(line))]
+    write_text_atomic(self.path, "".join(kept))
 
   def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    _append(self.path, json.dumps(record) + "\n")
     for k, v in scalars.items():
       self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
     self._tb.flush()
@@ -110,6 +113,8 @@ class MetricsWriter:
 
 def _wandb_run(workdir: str, project: str, config: dict):
   """A W&B run whose id is fixed by the workdir, so a resumed run continues it."""
+  # Imported here: dlmscale.optional pulls in dlmscale.data, which need not be loaded for metrics.
+  from dlmscale.optional import require
   wandb = require("wandb", "wandb", "train.wandb_project (Weights & Biases)")
   path = os.path.abspath(workdir) if "://" not in workdir else workdir
   run_id = hashlib.sha256(path.encode()).hexdigest()[:16]
@@ -126,9 +131,8 @@ def _wandb_run(workdir: str, project: str, config: dict):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def format_duration(seconds: float) -> str:
