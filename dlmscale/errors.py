@@ -9,6 +9,10 @@ class ConfigError(DlmscaleError, ValueError):
   """The config is malformed or inconsistent."""
 
 
+class DataError(DlmscaleError, ValueError):
+  """Bad data input; the message names the problem and the fix on one line."""
+
+
 class CheckpointError(DlmscaleError):
   """A checkpoint is missing, unreadable or belongs to a different run."""
 

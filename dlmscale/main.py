@@ -13,11 +13,23 @@ import re
 import signal
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
 
-from dlmscale import config_files
-from dlmscale.preemption import Preempted
+def _exit_on_early_sigterm(signum, frame) -> None:
+  """SIGTERM while the CLI is still importing (JAX takes seconds): nothing exists yet to save."""
+  sys.stderr.write("SIGTERM received during start-up: nothing was written; rerun the same "
+                   "command\n")
+  sys.stderr.flush()
+  os._exit(143)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "dlmscale":
+  signal.signal(signal.SIGTERM, _exit_on_early_sigterm)
+
+from absl import app, flags  # noqa: E402  (after the handler: these import JAX)
+from ml_collections import config_flags  # noqa: E402
+
+from dlmscale import config_files  # noqa: E402
+from dlmscale.preemption import Preempted  # noqa: E402
 
 MODES = ("train", "eval", "sample", "code", "prepare", "fingerprint", "compile", "config",
          "sweep", "plan", "analyze", "export")
@@ -111,7 +123,10 @@ def _with_config_file(argv: list[str]) -> list[str]:
 def _parse_flags(argv):
   """absl's parser, but a bad flag or config override is a one-line error, not a traceback."""
   from dlmscale.errors import DlmscaleError
-  argv = _with_config_file(argv)
+  try:
+    argv = _with_config_file(argv)  # may look in --workdir: a bad one (e.g. s3://) is one line
+  except DlmscaleError as e:
+    _fail(str(e))
   config_path = (_flag_value(argv, "config") or "").split(":", 1)[0] or None
   config_files.add_project_root(config_path)
   try:
@@ -172,7 +187,7 @@ def main(argv) -> None:
     _fail(f"--workdir is required for --mode={mode}, e.g. --workdir=runs/quickstart")
   # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-  for noisy in ("absl", "orbax", "jax"):
+  for noisy in ("absl", "orbax", "jax", "fsspec", "gcsfs"):  # the last two: gs:// run directories
     logging.getLogger(noisy).setLevel(logging.WARNING)
   # Orbax logs a failed save's traceback from its own thread; dlmscale reports it on one line.
   logging.getLogger("absl").addFilter(_drop_orbax_errors)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from dlmscale.data.errors import DataError
+from dlmscale.errors import DataError
 
 
 class MissingExtraError(DataError, ImportError):

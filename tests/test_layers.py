@@ -21,6 +21,7 @@ LAYERS = [
               "dlmscale.objectives", "dlmscale.models", "dlmscale.data", "dlmscale.parallel",
               "dlmscale.train", "dlmscale.checkpoint", "dlmscale.checksums", "dlmscale.optim",
               "dlmscale.flops", "dlmscale.preemption", "dlmscale.provenance", "dlmscale.run_files",
+              "dlmscale.storage",
               "dlmscale.metrics", "dlmscale.progress", "dlmscale.profiling",
               "dlmscale.compilation_cache", "dlmscale.export", "dlmscale.hf_import")),
     ("components", ("dlmscale.evaluation", "dlmscale.sampling")),
@@ -119,10 +120,10 @@ def test_the_checks_see_a_cycle_and_an_upward_import(monkeypatch):
 
 def test_main_only_parses_flags_and_calls_modes():
   """The CLI's modes are served by dlmscale.modes alone: main imports no layer below it but the
-  config-file helpers, and nothing else defines a mode handler (*_command / *_all of a cfg)."""
+  config-file helpers and the SIGTERM exception, and nothing else defines a mode handler (*_command / *_all of a cfg)."""
   graph = _graph()
   assert graph["dlmscale.main"] <= {"dlmscale.modes", "dlmscale.config_files", "dlmscale.errors",
-                                     "dlmscale.runner"}
+                                     "dlmscale.preemption"}
   commands = []
   for module, path in _modules().items():
     tree = ast.parse(open(path).read())

@@ -1,6 +1,5 @@
-"""Errors raised for bad data inputs."""
-from dlmscale.errors import DlmscaleError
+"""Errors raised for bad data inputs (defined with the others in dlmscale.errors, so modules
+outside the data package can raise them without importing it)."""
+from dlmscale.errors import DataError
 
-
-class DataError(DlmscaleError, ValueError):
-  """Bad data input; the message names the problem and the fix on one line."""
+__all__ = ["DataError"]
