@@ -64,7 +64,8 @@ def _options_class():
       @classmethod
       def _add_argparse_args(cls, parser):
         parser.add_argument("--prepared_dir_url", default=None,
-                            help="the URL at which workers reach prepared_dir's parent")
+                            help="prepared_dir as workers reach it, e.g. "
+                                 "gs://bucket/prepared/code for its gcsfuse mount")
 
     _OPTIONS_CLASS.append(PrepareOptions)
   return _OPTIONS_CLASS[0]
