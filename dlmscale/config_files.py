@@ -10,6 +10,9 @@ import json
 import os
 import sys
 
+from etils import epath
+
+from dlmscale import storage
 from dlmscale.config import default_config
 from dlmscale.errors import ConfigError
 
@@ -60,13 +63,14 @@ def load_config(spec: str):
 
 
 def saved_config(path: str):
-  """A config saved as JSON (a run's config.json, --mode=config's output) over the defaults."""
-  if not os.path.isfile(path):
+  """A config saved as JSON (a run's config.json, --mode=config's output) over the defaults;
+  local or on a bucket (gs://)."""
+  storage.check_location(path, "--config")
+  if not epath.Path(path).is_file():
     raise ConfigError(f"{path} not found: pass a run's <workdir>/<objective>/config.json or the "
                       "output of --mode=config")
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(epath.Path(path).read_text())
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path} is not a readable JSON config ({e}): pass a run's config.json")
   cfg = default_config()
@@ -83,11 +87,12 @@ def _tuples(value):
 
 
 def run_config_path(workdir: str) -> str | None:
-  """The saved config.json of the first objective trained in `workdir`, if any."""
-  if not os.path.isdir(workdir):
+  """The saved config.json of the first objective trained in `workdir` (local or gs://), if any."""
+  storage.check_location(workdir)
+  root = epath.Path(workdir)
+  if not root.is_dir():
     return None
-  for name in sorted(os.listdir(workdir)):
-    path = os.path.join(workdir, name, "config.json")
-    if os.path.isfile(path):
-      return path
+  for name in sorted(p.name for p in root.iterdir()):
+    if (root / name / "config.json").is_file():
+      return storage.join(workdir, name, "config.json")
   return None

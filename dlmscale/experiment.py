@@ -8,9 +8,9 @@ a checkpoint into a LoadedModel for every evaluator and sampler.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
+from etils import epath
 
 from dlmscale import checkpoint as ckpt_lib
 from dlmscale import config as config_lib
@@ -127,8 +127,8 @@ def abstract_state(exp: Step, seed: int):
 
 def restore_params(exp: Experiment, workdir: str):
   """The parameters of the latest checkpoint in `workdir` and its step (for evaluation)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = epath.Path(workdir) / "checkpoints"  # local or gs://
+  if not directory.is_dir():
     raise CheckpointError(f"no checkpoint in {workdir}: train first, or point --workdir at a run")
   checkpointer = ckpt_lib.Checkpointer(directory, keep=exp.cfg.train.keep_checkpoints,
                                        async_save=False)
@@ -164,5 +164,5 @@ def load_model(cfg, workdir: str, objective: str | None = None) -> LoadedModel:
   """The latest checkpoint of `objective` (default: the config's first) in workdir/<objective>."""
   objective = objective or config_lib.objective_names(cfg)[0]
   exp = build_experiment(cfg, objective)
-  params, step = restore_params(exp, os.path.join(workdir, objective))
+  params, step = restore_params(exp, epath.Path(workdir) / objective)
   return loaded_model(exp, params, step)

@@ -25,11 +25,12 @@ import os
 import time
 
 import jax
+from etils import epath
 
 from dlmscale import analysis
 from dlmscale import compile as compile_lib
 from dlmscale import config as config_lib
-from dlmscale import compilation_cache, config_files, launchers, parallel, planner
+from dlmscale import compilation_cache, config_files, launchers, parallel, planner, storage
 from dlmscale import sweep as sweep_lib
 from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
 from dlmscale.data.pipeline import array_fingerprint
@@ -40,7 +41,7 @@ from dlmscale import experiment as experiment_lib
 from dlmscale import export as export_lib
 from dlmscale.experiment import build_experiment, load_model, make_stream, restore_params
 from dlmscale.preemption import Preempted, Sigterm
-from dlmscale.run_files import ensure_writable_dir
+from dlmscale.run_files import ensure_writable_dir, read_json, write_text_atomic
 from dlmscale.runner import evaluate, run_training
 from dlmscale.sampling import generate_text
 
@@ -87,6 +88,12 @@ FAILED = (sweep_lib.SweepFailed,)
 
 def run(mode: str, o: Options):
   """Runs one mode of the CLI (see the module docstring)."""
+  # A run directory that cannot work (an unknown scheme, gs:// without the gcs extra) fails here,
+  # before anything is built or written.
+  storage.check_location(o.workdir)
+  storage.check_location(o.out, "--out")
+  for path in o.runs:
+    storage.check_location(path, "--runs")
   compilation_cache.enable()  # before anything compiles; see dlmscale/compilation_cache.py
   if mode == "compile" or (mode == "plan" and o.compile):
     if not os.environ.get("JAX_PLATFORMS"):
@@ -151,11 +158,10 @@ def evaluate_checkpoints(cfg, workdir: str) -> list[dict]:
 def check_run_config(cfg, workdir: str) -> None:
   """ConfigError when cfg differs from a run's saved config.json other than in eval/sample/code."""
   for name in config_lib.objective_names(cfg):
-    path = os.path.join(workdir, name, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, name, "config.json")
+    saved = read_json(path)  # local or gs://
+    if saved is None:
       continue  # no run here yet: restoring its checkpoint says so
-    with open(path) as f:
-      saved = json.load(f)
     diff = config_lib.changed_keys(saved, json.loads(config_lib.to_json(cfg)),
                                    allowed=CHECKPOINT_MODE_CHANGES)
     if diff:
@@ -183,10 +189,7 @@ def _report(results, workdir, filename) -> None:
   if jax.process_index():
     return
   print(format_table(results), flush=True)
-  path = os.path.join(workdir, filename)
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + ".tmp", path)
+  write_text_atomic(storage.join(workdir, filename), json.dumps(results, indent=1))
 
 
 def format_table(results: list[dict]) -> str:
@@ -271,10 +274,9 @@ def code(cfg, workdir: str) -> list[dict]:
                                     limit=c.limit, timeout_s=c.timeout_s, memory_mb=c.memory_mb)
     report.update(objective=objective, kind=lm.kind, step=lm.step, temperature=s.temperature,
                   max_new_tokens=s.max_new_tokens)
-    path = os.path.join(workdir, objective, "eval", f"code_{c.benchmark}_step{lm.step}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-      json.dump(report, fh, indent=1)
+    path = storage.join(workdir, objective, "eval", f"code_{c.benchmark}_step{lm.step}.json")
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(report, indent=1))
     summaries.append({k: v for k, v in report.items() if k != "problems"} | {"results": path})
   print_json(summaries)
   return summaries
@@ -446,12 +448,11 @@ def export(cfg, workdir: str, out: str | None) -> dict:
   if problem:
     raise ConfigError(problem)
   names = config_lib.objective_names(cfg)
-  objective = os.path.basename(os.path.normpath(workdir))
-  run_dir = os.path.dirname(os.path.normpath(workdir))
+  run_dir, objective = storage.split(workdir)  # normpath would turn gs:// into gs:/
   if objective not in names:
     if len(names) > 1:
       raise ConfigError(f"{workdir} holds the objectives {list(names)}: export one at a time, "
-                        f"e.g. --workdir={os.path.join(workdir, names[0])}")
+                        f"e.g. --workdir={storage.join(workdir, names[0])}")
     objective, run_dir = names[0], workdir
   one = copy.deepcopy(cfg)
   one.objectives = (objective,)

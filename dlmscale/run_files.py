@@ -13,6 +13,9 @@ from dlmscale.errors import RunIOError
 def write_text_atomic(path, text: str) -> None:
   """Writes a sibling temporary file, then renames it over `path`: readers never see half a file."""
   path = epath.Path(path)
+  if "://" in str(path):  # an object upload is already all or nothing; a rename is copy + delete
+    path.write_text(text)
+    return
   tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
   try:
     tmp.write_text(text)
