@@ -103,7 +103,8 @@ def main():
       reference = reference or digest
       row = {"engine": label, "beam_options": options, "seconds": wall, "cpu_seconds": cpu,
              "loadavg_at_start": load,
-             "mb_per_s": meta["num_text_bytes"] / 1e6 / wall, "text_mb": meta["num_text_bytes"] / 1e6,
+             "mb_per_s": meta["num_text_bytes"] / 1e6 / wall,
+             "text_mb": meta["num_text_bytes"] / 1e6,
              "train_rows": meta["splits"]["train"]["num_sequences"],
              "files": len(digest), "identical": digest == reference}
       results["runs"].append(row)

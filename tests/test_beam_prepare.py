@@ -145,7 +145,8 @@ def test_beam_decontaminates_as_prepare(tmp_path):
   with gzip.open(str(path), "rt") as fh:
     problem = json.loads(fh.readline())
   write_folders(tmp_path / "src", groups=8)
-  (tmp_path / "src" / "g03" / "copied.py").write_text(problem["prompt"] + problem["canonical_solution"])
+  copied = problem["prompt"] + problem["canonical_solution"]
+  (tmp_path / "src" / "g03" / "copied.py").write_text(copied)
   d = data_cfg(f"files:{tmp_path / 'src'}", decontaminate="humaneval")
   meta = prepare(d, str(tmp_path / "single"), records_per_shard=9)
   assert meta["sources"][0]["num_decontaminated"] == 1

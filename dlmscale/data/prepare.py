@@ -218,7 +218,8 @@ def _prepare_into(spec: PrepareSpec, tmp: str, workers: int, records_per_shard: 
   docs = _documents(spec, per_source)
   # The corpus streams in, so its size (and an ETA) is unknown: the bar counts documents.
   bar = Progress("prepare", None, "doc", enabled=True)
-  for results in ordered_map(tokenize_task_fn, (tok, decontaminator), batch_documents(docs), workers):
+  tasks = batch_documents(docs)
+  for results in ordered_map(tokenize_task_fn, (tok, decontaminator), tasks, workers):
     bar.update(len(results))
     for (i, split, nbytes), ids_T in results:
       total_bytes += nbytes
