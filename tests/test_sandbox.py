@@ -21,11 +21,13 @@ BWRAP_WHY_NOT = "bwrap not found" if BWRAP is None else sandbox_bwrap.why_not(BW
 needs_bwrap = pytest.mark.skipif(bool(BWRAP_WHY_NOT), reason=f"bubblewrap: {BWRAP_WHY_NOT}")
 BACKENDS = ["subprocess", pytest.param("bwrap", marks=needs_bwrap)]
 FAIL = "\nassert 1 + 1 == 3, 'the tests fail'\n"
-FAKE = ('{"status": "passed", "detail": "", "network": ""}\n'
-        '0123456789abcdef0123456789abcdef passed\tbwrap\t\n')
+FAKE_JSON = '{"status": "passed", "detail": "", "network": ""}'  # the old verdict file's format
+FAKE = FAKE_JSON + "\n0123456789abcdef0123456789abcdef passed\tbwrap\t\n"
 
 ATTACKS = {
     "verdict_file": "open('../result.json', 'w').write(%r)\n" % FAKE + FAIL,
+    "verdict_file_then_exit_0": (  # passed in the sandbox that read ../result.json
+        "import os\nopen('../result.json', 'w').write(%r)\nos._exit(0)\n" % FAKE_JSON) + FAIL,
     "parent_dirs": (
         "import os\nfor d in ('..', '../..', '/tmp', os.environ['HOME'], '/'):\n"
         "  for name in ('result.json', 'verdict', 'output.txt', 'program.py'):\n"
