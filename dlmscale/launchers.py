@@ -103,12 +103,9 @@ def remote_config_spec(run) -> str:
 def main_args(run, extra_args: Sequence[str] = ()) -> list[str]:
   """dlmscale.main's arguments for a run on a multi-host slice."""
   workdir = str(run.workdir)
-  if "://" in workdir:  # the runner writes metrics and configs with local file calls
-    raise LauncherError(f"workdir {workdir!r} is a URL: mount the bucket on every host (e.g. "
-                        "gcsfuse) and pass the mount path, e.g. /mnt/shared/runs/<study>")
-  if not os.path.isabs(workdir):
-    raise LauncherError(f"workdir {workdir!r} is relative: remote runs need an absolute path "
-                        "on storage every host sees, e.g. /mnt/shared/runs/<study>")
+  if "://" not in workdir and not os.path.isabs(workdir):  # gs://: every host writes the bucket
+    raise LauncherError(f"workdir {workdir!r} is relative: remote runs need a bucket or an "
+                        "absolute path every host sees, e.g. gs://my-bucket/runs/<study>")
   return [f"--config={remote_config_spec(run)}", f"--workdir={workdir}", *extra_args,
           "--multihost"]
 

@@ -7,13 +7,17 @@ before any work.
 """
 from __future__ import annotations
 
+import fcntl
+import io
 import json
+import os
 import re
 import signal
 import struct
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import jax
@@ -25,11 +29,13 @@ from _shared import cli_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.py"
+STUDY = REPO / "tests" / "configs" / "tiny_study.py"
 if str(REPO) not in sys.path:  # the config files import `configs.models` from the repo root
   sys.path.insert(0, str(REPO))
 
-from dlmscale import experiment, storage  # noqa: E402
-from dlmscale.errors import ConfigError  # noqa: E402
+from dlmscale import experiment, storage, sweep  # noqa: E402
+from dlmscale.errors import ConfigError, DlmscaleError  # noqa: E402
+from dlmscale.sweep.local import local_side  # noqa: E402
 from dlmscale.metrics import read_metrics  # noqa: E402
 from dlmscale.optional import MissingExtraError  # noqa: E402
 
@@ -142,6 +148,29 @@ def test_run_on_a_bucket_resumes_from_it_and_equals_a_local_run(emulator, tmp_pa
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert sampled.returncode == 0, sampled.stderr[-3000:]
   assert f"[ar] ar checkpoint step {STEPS}" in sampled.stdout
+
+
+def test_sweep_on_a_bucket_keeps_its_records_there(emulator, tmp_path_factory):
+  root = f"gs://{BUCKET}/sweep-{uuid.uuid4().hex[:8]}"  # the host-side lock folder is per URL
+  env = dict(cli_env(tmp_path_factory), **emulator.env)
+  runs = sweep.plan_sweep(str(STUDY), "cpu", root)[:1]  # one run of 16 steps is enough here
+  name = runs[0].name
+  records = sweep.run_local(runs, root, env=env, out=io.StringIO())
+  assert [r["status"] for r in records] == ["finished"]
+  summary = sweep.load_summary(root)  # sweep.json, read back from the bucket
+  assert summary["workdir"] == root and [r["status"] for r in summary["runs"]] == ["finished"]
+  assert summary["runs"][0]["log"] == f"{root}/logs/{name}.log"
+  log = emulator.read(BUCKET, f"{root.split('/', 3)[3]}/logs/{name}.log").decode()  # uploaded when the run ended
+  assert log.startswith("==== ") and "AR val NLL" in log
+  assert sweep.run_status(f"{root}/{name}") == "finished"
+  # A bucket has no flock: the lock is a file of this host, named after the workdir.
+  with open(os.path.join(local_side(root), sweep.LOCK_FILE), "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)
+    with pytest.raises(DlmscaleError, match="another sweep, or a run it started, is still"):
+      sweep.run_local(runs, root, env=env, out=io.StringIO())
+  again = io.StringIO()
+  sweep.run_local(runs, root, env=env, out=again)
+  assert f"{name}: finished already, skipped" in again.getvalue()
 
 
 @pytest.mark.parametrize("location, message", [

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Sequence, TextIO
 
-from dlmscale import launchers
+from dlmscale import launchers, storage
 from dlmscale.errors import DlmscaleError
 from dlmscale.sweep.local import run_local
 from dlmscale.sweep.plan import SweepFailed, plan_sweep
@@ -35,9 +35,7 @@ def run_sweep(study: str, scale: str, workdir: str, *, dry_run: bool = False,
     raise DlmscaleError(f"unknown launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
   if parallel < 1:
     raise DlmscaleError(f"parallel must be >= 1, got {parallel}")
-  if "://" in workdir:  # runs write their workdirs with local file calls
-    raise DlmscaleError(f"workdir {workdir!r} is a URL: mount the bucket (e.g. gcsfuse) and pass "
-                        "the mount path")
+  storage.check_location(workdir)  # local, or gs:// with the gcs extra
   options = dict(launcher_options or {})
   check_data = options.pop("check_data", launcher == "local")
   if launcher == "local" and options:
@@ -81,6 +79,6 @@ def _run_cloud(runs, launcher, options, workdir, header, title, *, dry_run, yes,
       raise SweepFailed(f"{cmd[0]} exited with {code} running: {shlex.join(cmd)[:200]}")
   for r in records:
     r["status"] = "launched" if r["command"] else r["status"]
-  if os.path.isdir(workdir):  # the shared storage is mounted here too: leave the summary
+  if storage.is_remote(workdir) or os.path.isdir(workdir):  # reachable from here: leave the summary
     write_summary(workdir, dict(header, workdir=workdir, launcher=launcher), records)
   return records

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Sequence, TextIO
 
 from etils import epath
 
+from dlmscale import storage
 from dlmscale.errors import DlmscaleError
 from dlmscale.sweep.plan import Run, SweepFailed, SweepInterrupted
 from dlmscale.sweep.records import (SUMMARY_FILE, run_command, run_record, run_status,
@@ -24,10 +27,26 @@ LOG_DIR = "logs"
 _PR_SET_PDEATHSIG = 1
 
 
+def local_side(workdir: str) -> str:
+  """Where the sweep keeps what must be a local file: the workdir itself, or for a bucket
+  (gs://) a folder of this host named after it, holding the lock and the logs the runs write
+  (each log is uploaded to <workdir>/logs/ when its run ends).
+
+  A bucket cannot hold the lock: it has no flock, and a lock object would outlive a kill -9. So
+  on a bucket the lock keeps out a second sweep of the same workdir on this host only."""
+  if not storage.is_remote(workdir):
+    return workdir
+  digest = hashlib.sha256(workdir.rstrip("/").encode()).hexdigest()[:16]
+  path = os.path.join(tempfile.gettempdir(), "dlmscale-sweeps", digest)
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
 def _lock(workdir: str) -> int:
-  """An exclusive lock on <workdir>/sweep.lock, also held by the runs it starts (they inherit
-  it), so a second sweep never trains the same run twice at once, even after a kill -9."""
-  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  """An exclusive lock on <workdir>/sweep.lock (see local_side for a bucket), also held by the
+  runs it starts (they inherit it), so a second sweep never trains the same run twice at once,
+  even after a kill -9."""
+  fd = os.open(os.path.join(local_side(workdir), LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
@@ -68,11 +87,17 @@ class _LocalSweep:
     self.parallel, self.extra_args, self.out, self.env = parallel, extra_args, out, env
     self.poll_s = poll_s
     self.records = {r.name: dict(run_record(r, run_command(r, extra_args)),
-                                 log=os.path.join(workdir, LOG_DIR, f"{r.name}.log"))
+                                 log=storage.join(workdir, LOG_DIR, f"{r.name}.log"))
                     for r in runs}
     self.index = {r.name: i for i, r in enumerate(runs, 1)}
     self.active = {}  # name -> (Popen, log file, start time)
     self.stopped_by = None
+
+  def local_log(self, run: Run) -> str:
+    """The file `run`'s output goes to: its record's log, or on a bucket a local copy of it."""
+    if not storage.is_remote(self.workdir):
+      return self.records[run.name]["log"]
+    return os.path.join(local_side(self.workdir), LOG_DIR, f"{run.name}.log")
 
   def say(self, run: Run, message: str) -> None:
     print(f"[{self.index[run.name]}/{len(self.runs)}] {run.name}: {message}", file=self.out,
@@ -92,8 +117,11 @@ class _LocalSweep:
 
   def start(self, run: Run, lock_fd: int, libc) -> None:
     record = self.records[run.name]
-    log_path = epath.Path(record["log"])
+    log_path = epath.Path(self.local_log(run))  # a subprocess writes a local file only
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    remote = epath.Path(record["log"])
+    if log_path != remote and not log_path.exists() and remote.exists():
+      log_path.write_bytes(remote.read_bytes())  # a resumed run's log goes on from its last one
     log = log_path.open("ab")
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(record['command'])}\n"
               .encode())
@@ -114,6 +142,8 @@ class _LocalSweep:
     proc, log, started = self.active.pop(run.name)
     log.close()
     record = self.records[run.name]
+    if self.local_log(run) != record["log"]:
+      epath.Path(record["log"]).write_bytes(epath.Path(self.local_log(run)).read_bytes())
     wall = time.time() - started
     status = run_status(run.workdir)
     if code == 0 and status == "finished":
@@ -165,7 +195,7 @@ class _LocalSweep:
     records = list(self.records.values())
     done = [r for r in records if r["status"] == "finished"]
     print(f"sweep: {len(done)} of {len(records)} runs finished; summary in "
-          f"{os.path.join(self.workdir, SUMMARY_FILE)}", file=self.out, flush=True)
+          f"{storage.join(self.workdir, SUMMARY_FILE)}", file=self.out, flush=True)
     if self.stopped_by is not None:
       raise SweepInterrupted(f"sweep stopped by {signal.Signals(self.stopped_by).name}: running "
                              "runs saved a checkpoint; rerun the same command to resume")
@@ -189,6 +219,7 @@ def run_local(runs: Sequence[Run], workdir: str, *, parallel: int = 1,
   if parallel < 1:
     raise DlmscaleError(f"parallel must be >= 1, got {parallel}")
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  header = dict(header or {}, workdir=os.path.abspath(workdir), launcher="local")
+  where = workdir if storage.is_remote(workdir) else os.path.abspath(workdir)
+  header = dict(header or {}, workdir=where, launcher="local")
   return _LocalSweep(list(runs), workdir, header, parallel, tuple(extra_args),
                      out or sys.stdout, env, poll_s).execute()

@@ -9,6 +9,7 @@ from typing import Sequence, TextIO
 
 from etils import epath
 
+from dlmscale.run_files import write_text_atomic
 from dlmscale.sweep.plan import Run
 
 RESULTS_FILE = "results.json"
@@ -42,12 +43,11 @@ def run_record(run: Run, command: Sequence[str], status: str | None = None) -> d
 
 
 def write_summary(workdir: str, header: dict, records: list[dict]) -> None:
-  """<workdir>/sweep.json, replaced atomically (a kill never leaves half a file)."""
+  """<workdir>/sweep.json (local or gs://), replaced atomically (a kill never leaves half a
+  file)."""
   root = epath.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
-  tmp = root / f".{SUMMARY_FILE}.tmp"
-  tmp.write_text(json.dumps({**header, "runs": records}, indent=1) + "\n")
-  tmp.replace(root / SUMMARY_FILE)
+  write_text_atomic(root / SUMMARY_FILE, json.dumps({**header, "runs": records}, indent=1) + "\n")
 
 
 def load_summary(workdir: str) -> dict:
