@@ -213,8 +213,14 @@ def model_config(cfg, tokenizer_vocab: int) -> ModelConfig:
 
 def changed_keys(old: dict, new: dict, allowed: tuple[str, ...] = ()) -> list[str]:
   """Dotted keys whose values differ between two plain (JSON) configs, except those equal to or
-  under an `allowed` entry ('train.log_every', or a section prefix such as 'eval.')."""
-  old, new = _flatten(old), _flatten(new)
+  under an `allowed` entry ('train.log_every', or a section prefix such as 'eval.').
+
+  A config saved by an older dlmscale lacks keys added since: there they count as their defaults
+  (what that run did), and keys no longer in the schema are ignored."""
+  defaults = _flatten(json.loads(to_json(default_config())))
+  old = {k: v for k, v in _flatten(old).items() if k in defaults or k.startswith("objective_args.")}
+  old = {**defaults, **old}
+  new = _flatten(new)
   ok = lambda k: any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not ok(k))
 

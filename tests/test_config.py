@@ -41,3 +41,19 @@ def test_model_vocab_is_rounded_up_from_the_tokenizer_and_never_smaller():
   c.model.vocab_size = 200
   with pytest.raises(ConfigError, match="smaller than the tokenizer"):
     config.model_config(c, 258)
+
+
+def test_a_config_saved_before_new_keys_existed_is_not_a_different_config():
+  """Runs saved by an older dlmscale stay resumable and evaluable: a missing key counts as its
+  default, a key dropped from the schema is ignored, a real change is still named."""
+  import json  # noqa: PLC0415
+  from dlmscale.config import changed_keys, default_config, to_json  # noqa: PLC0415
+  now = json.loads(to_json(default_config()))
+  old = json.loads(to_json(default_config()))
+  del old["train"]["restore_fallback"]
+  old["train"]["a_key_since_removed"] = 1
+  assert changed_keys(old, now) == []
+  now["train"]["restore_fallback"] = True
+  now["train"]["lr"] = 1.0
+  assert changed_keys(old, now) == ["train.lr", "train.restore_fallback"]
+  assert changed_keys(old, now, allowed=("train.restore_fallback",)) == ["train.lr"]
