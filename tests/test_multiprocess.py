@@ -4,6 +4,8 @@ import hashlib
 import math
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -112,3 +114,70 @@ def test_launcher_stops_every_process_when_one_fails(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "nope" in proc.stderr and time.time() - start < 120
+
+
+def _launch(workdir, log_dir, num_processes, devices_per_process, *args, popen=False):
+  cmd = [sys.executable, LAUNCHER, f"--num_processes={num_processes}",
+         f"--devices_per_process={devices_per_process}", f"--log_dir={log_dir}", "--",
+         f"--config={TINY_CONFIG}", f"--workdir={workdir}", "--config.objectives=ar", *args]
+  if popen:
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _metrics_without_wall_clock(workdir):
+  lines = (workdir / "ar" / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k != "train/tokens_per_s"}
+          for line in lines]
+
+
+def test_sigterm_to_two_processes_both_save_the_same_step_and_resume_equal(tmp_path):
+  """Each process gets SIGTERM at its own moment; they agree on one step, both write their part
+  of that checkpoint, exit 143, and the resumed run logs what an uninterrupted one does."""
+  long_run = ("--config.data.total_tokens=131072",)  # 256 steps: time to be interrupted
+  ref = _launch(tmp_path / "ref", tmp_path / "ref_logs", 2, 4, *long_run)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  workdir = tmp_path / "run"
+  proc = _launch(workdir, tmp_path / "logs", 2, 4, *long_run, popen=True)
+  metrics = workdir / "ar" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+    assert time.time() < deadline, "no metrics within 240 s"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=240)
+  assert proc.returncode == 143, (proc.returncode, stderr[-2000:])
+  saved = [int(p.name) for p in (workdir / "ar" / "checkpoints").iterdir() if p.name.isdigit()]
+  step = max(saved)
+  assert step < 256 and f"saved a checkpoint at step {step}" in stderr
+  # Both processes wrote their shards of it.
+  assert {p.name for p in (workdir / "ar" / "checkpoints" / str(step) / "state").glob(
+      "ocdbt.process_*")} == {"ocdbt.process_0", "ocdbt.process_1"}
+  again = _launch(workdir, tmp_path / "logs2", 2, 4, *long_run)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert _metrics_without_wall_clock(workdir) == _metrics_without_wall_clock(tmp_path / "ref")
+  assert (json.loads((workdir / "results.json").read_text())[0]["val_mean"] ==
+          json.loads((tmp_path / "ref" / "results.json").read_text())[0]["val_mean"])
+
+
+def test_a_one_process_run_resumes_on_two_processes(tmp_path):
+  """Elastic resume: saved by 1 process x 8 devices, continued by 2 x 4 from step 8, it ends
+  like the uninterrupted run up to float summation order."""
+  one = _launch(tmp_path / "one", tmp_path / "one_logs", 1, 8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  workdir = tmp_path / "elastic"
+  shutil.copytree(tmp_path / "one", workdir)
+  for step in ("12", "16"):
+    shutil.rmtree(workdir / "ar" / "checkpoints" / step)
+  two = _launch(workdir, tmp_path / "two_logs", 2, 4)
+  assert two.returncode == 0, two.stderr[-2000:]
+  assert "resumed at step 8" in two.stderr
+  got, want = _metrics_without_wall_clock(workdir), _metrics_without_wall_clock(tmp_path / "one")
+  assert [r["step"] for r in got] == [r["step"] for r in want]
+  for a, b in zip(got, want):
+    for k in ("train/loss", "train/grad_norm", "eval/val_mean"):
+      if k in b:
+        assert math.isclose(a[k], b[k], rel_tol=1e-4), (k, a, b)
+  starts = json.loads((workdir / "ar" / "provenance.json").read_text())["starts"]
+  assert [(s["start_step"], s["devices"]["process_count"]) for s in starts] == [(0, 1), (8, 2)]
