@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -34,7 +35,7 @@ from dlmscale import compilation_cache, config_files, launchers, parallel, plann
 from dlmscale import sweep as sweep_lib
 from dlmscale.data import ensure_prepared, prepare, prepared_dir, validation_subset
 from dlmscale.data.pipeline import array_fingerprint
-from dlmscale.errors import ConfigError
+from dlmscale.errors import ConfigError, DlmscaleError
 from dlmscale.evaluation import code as code_lib
 from dlmscale.evaluation.multiple_choice import format_table as task_table
 from dlmscale import experiment as experiment_lib
@@ -124,20 +125,35 @@ def run(mode: str, o: Options):
 def train(cfg, workdir: str) -> list[dict]:
   """Trains each objective into workdir/<objective>; prints and saves the comparison table."""
   config_lib.validate(cfg)
+  created = None if storage.is_remote(workdir) else _first_missing(workdir)
   ensure_writable_dir(workdir)
   results = []
-  with Sigterm("start-up (nothing new was saved)") as sigterm:
-    for name in config_lib.objective_names(cfg):
-      sigterm.phase = f"start-up of {name} (nothing new was saved)"
-      exp = build_experiment(cfg, name)
-      _announce(exp)
-      start = time.time()
-      result = run_training(exp, os.path.join(workdir, name))
-      result["wall_s"] = time.time() - start
-      results.append(result)
-    sigterm.phase = "the final report (every objective finished and was validated)"
-    _report(results, workdir, "results.json")
+  try:
+    with Sigterm("start-up (nothing new was saved)") as sigterm:
+      for name in config_lib.objective_names(cfg):
+        sigterm.phase = f"start-up of {name} (nothing new was saved)"
+        exp = build_experiment(cfg, name)
+        _announce(exp)
+        start = time.time()
+        result = run_training(exp, os.path.join(workdir, name))
+        result["wall_s"] = time.time() - start
+        results.append(result)
+      sigterm.phase = "the final report (every objective finished and was validated)"
+      _report(results, workdir, "results.json")
+  except DlmscaleError:
+    # Refused while building (mesh, batch, tokenizer, init_from): leave no empty workdir behind.
+    if created and not any(files for _, _, files in os.walk(created)):
+      shutil.rmtree(created, ignore_errors=True)
+    raise
   return results
+
+
+def _first_missing(path: str) -> str | None:
+  """The outermost directory of `path` that does not exist yet (None when `path` exists)."""
+  path, missing = os.path.abspath(path), None
+  while not os.path.exists(path):
+    path, missing = os.path.dirname(path), path
+  return missing
 
 
 def evaluate_checkpoints(cfg, workdir: str) -> list[dict]:
