@@ -42,6 +42,8 @@ CASES = {
     "8b1a_dropless_gather": (dict(models.PAPER_8B1A, moe_dispatch="dropless_gather"), 256,
                              "v5p-64", EXPERT8, "full"),
     # FLOPs checks: 2 of the 26 layers, unrolled (a scanned loop's body is counted once).
+    "8b1a_l2_dropless_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="dropless",
+                                       num_layers=2), 256, "v5p-64", EXPERT8, "full"),
     "8b1a_l2_capacity_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="capacity",
                                        num_layers=2), 256, "v5p-64", EXPERT8, "full"),
     "8b1a_l2_dropless_a2a_unrolled": (dict(models.PAPER_8B1A, moe_dispatch="dropless_a2a",
