@@ -58,6 +58,9 @@ setup(
         "seqio": ["seqio>=0.0.20"],  # pulls TensorFlow (~2 GB): never a default
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # the lm-eval adapter; 0.4.13 needs no torch
         "plot": ["matplotlib>=3.11,<4"],  # --mode=analyze's figures
+        # benchmarks/train_throughput.py's PyTorch peer (CPU wheel: add
+        # --extra-index-url https://download.pytorch.org/whl/cpu); never needed by the library.
+        "bench": ["torch==2.13.0", "transformers>=5.24,<6"],
         "hf_export": _HF_EXPORT,  # --mode=export, model.init_from (Hugging Face checkpoints)
         "wandb": ["wandb>=0.31,<0.32"],  # train.wandb_project: metrics mirrored to W&B
         "gcs": _GCS,  # run directories on gs:// (tests: a local emulator, fake-gcs-server)
