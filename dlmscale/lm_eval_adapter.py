@@ -37,11 +37,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import logging
-import os
 import sys
 from typing import Any, Mapping
 
-from dlmscale import config_files
+from etils import epath
+
+from dlmscale import config_files, storage
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.loaded import LoadedModel
 from dlmscale.evaluation.scorer import Scorer
@@ -79,8 +80,8 @@ def _overridden(cfg, overrides: str | Mapping[str, Any]):
 
 def run_config(workdir: str, objective: str):
   """The config a run was trained with: <workdir>/<objective>/config.json over the defaults."""
-  path = os.path.join(workdir, objective, "config.json")
-  if not os.path.isfile(path):
+  path = storage.join(workdir, objective, "config.json")  # local or gs://
+  if not epath.Path(path).is_file():
     raise ConfigError(f"{path} not found: pass config=path/to/experiment.py, or the workdir and "
                       "objective of a trained run")
   return config_files.saved_config(path)
@@ -168,7 +169,7 @@ class DlmscaleLM(LM):
       if workdir or objective:
         raise ConfigError("pass checkpoint=<workdir>/<objective> or workdir= and objective=, "
                           "not both")
-      workdir, objective = os.path.split(os.path.normpath(str(checkpoint)))
+      workdir, objective = storage.split(checkpoint)  # normpath would turn gs:// into gs:/
     if loaded is None:
       if not workdir or not (config or objective):
         raise ConfigError("model_args need workdir=run_dir and config=path/to/experiment.py "
