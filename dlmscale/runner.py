@@ -25,7 +25,8 @@ from dlmscale.errors import CheckpointError, NonFiniteLossError, RunIOError
 from dlmscale.evaluation.suite import flat_task_metrics, is_eval_step, score_tasks, task_list
 from dlmscale.evaluation.validation import evaluate_validation
 from dlmscale.experiment import Experiment, abstract_state, initial_params, loaded_model
-from dlmscale.metrics import MetricsWriter, progress_line
+from dlmscale.metrics import MetricsWriter, progress_line, run_hparams
+from dlmscale.profiling import StepProfiler
 from dlmscale.preemption import Preempted, Sigterm
 from dlmscale.run_files import read_json, write_text_atomic
 
@@ -35,7 +36,8 @@ log = logging.getLogger("dlmscale")
 # the last two, that say how to resume).
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.async_checkpointing", "train.peak_flops_per_device",
-                     "train.restore_fallback", "train.allow_data_change",
+                     "train.restore_fallback", "train.allow_data_change", "train.profile_steps",
+                     "train.wandb_project",
                      # Only where a fresh run starts: on resume the checkpoint wins.
                      "model.init_from")
 # Evaluation, generation and code-benchmark settings never touch the training state.
@@ -171,7 +173,9 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
           data=dict(_data_identity(exp), prepared_dir=str(exp.corpus.path),
                     tokenizer_fingerprint=exp.corpus.tokenizer.fingerprint(),
                     val_split_fingerprint=exp.corpus.val.fingerprint)))
-    writer = MetricsWriter(str(workdir), enabled=main_process)
+    writer = MetricsWriter(str(workdir), enabled=main_process,
+                           hparams=run_hparams(cfg, exp.objective),
+                           wandb_project=cfg.train.wandb_project)
     writer.truncate_after(start)
     if start:
       log.info("%s: resumed at step %d from %s", exp.objective, start, checkpointer.directory)
@@ -187,8 +191,10 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
     pending = _pending_from_json((data_state or {}).get("pending_metrics"))
     timed, window_start = 0, time.time()
     sigterm.phase = f"training {exp.objective}"
-    with sigterm.deferred(), stream.iterator(start, workers=cfg.data.loader_workers) as batches:
+    with (sigterm.deferred(), stream.iterator(start, workers=cfg.data.loader_workers) as batches,
+          StepProfiler(cfg.train.profile_steps, str(workdir), enabled=main_process) as profiler):
       for step in range(start, end):
+        profiler.step(step, state)
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
         pending.append(metrics)
