@@ -7,6 +7,7 @@ sample and code modes --config may be left out: the run's own saved config is us
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -219,9 +220,12 @@ def _drop_orbax_errors(record: logging.LogRecord) -> bool:
 
 def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:
   """When an Orbax restore fails, the TensorStore reads still in flight call back into the event
-  loop Orbax already closed; their tracebacks would bury the one-line error, so they are dropped."""
+  loop Orbax already closed, and their coroutines are collected unfinished; their tracebacks would
+  bury the one-line error, so they are dropped (dlmscale itself runs no coroutines)."""
   exc = unraisable.exc_value
   if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return
+  if inspect.iscoroutine(unraisable.object) or inspect.isasyncgen(unraisable.object):
     return
   _default(unraisable)
 
