@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 
 
 def _exit_on_early_sigterm(signum, frame) -> None:
@@ -249,6 +250,7 @@ def run() -> None:
   sys.argv = _subcommand_to_flag(sys.argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.unraisablehook = _drop_closed_loop_noise
+  warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited")
   signal.signal(signal.SIGTERM, _stop_on_sigterm)
   try:
     app.run(main, flags_parser=_parse_flags)
