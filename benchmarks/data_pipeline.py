@@ -37,7 +37,7 @@ import jax  # noqa: E402
 
 from dlmscale import experiment, parallel, train  # noqa: E402
 from dlmscale.data import ensure_prepared, prepare  # noqa: E402
-from train_step_throughput import time_steps  # noqa: E402  (benchmarks/ is on sys.path)
+from train_throughput import time_steps  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def tiny_config():
@@ -88,7 +88,7 @@ def time_pipeline(stream, workers: int, steps: int, prefetch: int) -> dict:
 
 
 # ---- 2. step and overlap -----------------------------------------------------------------
-time_step = time_steps  # same measurement as benchmarks/train_step_throughput.py
+time_step = time_steps  # same measurement as benchmarks/train_throughput.py
 
 
 def time_loop(exp, steps: int, workers: int, prefetch: int) -> float:

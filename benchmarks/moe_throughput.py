@@ -23,7 +23,7 @@ import jax  # noqa: E402
 from configs import models  # noqa: E402
 from dlmscale import config as config_lib  # noqa: E402
 from dlmscale import experiment  # noqa: E402
-from train_step_throughput import time_steps  # noqa: E402  (this directory is sys.path[0])
+from train_throughput import time_steps  # noqa: E402  (this directory is sys.path[0])
 
 # name: model overrides on top of the tiny preset (d_model 64, 2 layers, d_ff 192).
 CASES = {

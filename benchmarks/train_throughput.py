@@ -4,10 +4,14 @@
   python benchmarks/train_throughput.py --variants=dense/ar,moe/ar,moe_capacity/ar --peer=none
   python benchmarks/train_throughput.py --preset=tiny --seq_len=128 --batch=32 --peer=none
 
-Variants are <model>/<objective>: model `dense` (the shape given by the flags), `moe` (the same
-shape, every FFN an MoE of --experts experts of width d_ff / top_k, top-k routed, dropless: a
-token's FLOPs equal the dense model's plus a router) or `moe_capacity` (the same, capacity
-dispatch); objective any registered one (ar, mdm, ar_dropout, ...).
+Variants are <model>[:key=value;...]/<objective>: model `dense` (the shape given by the flags),
+`moe` (the same shape, every FFN an MoE of --experts experts of width d_ff / top_k, top-k routed,
+dropless: a token's FLOPs equal the dense model's plus a router) or `moe_capacity` (the same,
+capacity dispatch) or `moe_ragged` (dropless through XLA's own CPU lowering of ragged_dot, which
+multiplies every token by every expert; the library's CPU path uses whole blocks per expert,
+dlmscale/models/grouped_matmul.py); optional model-config overrides (e.g. dense:scan_layers=False;remat=dots/ar);
+objective any registered one (ar, mdm, ar_dropout, ...), or ar_logits / mdm_logits: ar / mdm
+through full [B, L, V] logits (the path before the chunked cross-entropy), for comparison.
 
 The peak every MFU uses is measured in the same run on the same machine: XLA's own large matmul
 (f32 on CPU, bf16 on GPU/TPU), median over the repeats; torch's matmul is printed beside it.
@@ -21,6 +25,7 @@ reported as medians. Needs the `bench` extra for the peer (pip install -e .[benc
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import multiprocessing
 import os
@@ -37,7 +42,20 @@ import jax.numpy as jnp  # noqa: E402
 from configs import models  # noqa: E402
 from dlmscale import config as config_lib  # noqa: E402
 from dlmscale import experiment, flops, objectives, parallel, train  # noqa: E402
+from dlmscale.models import grouped_matmul  # noqa: E402
 from dlmscale.models.transformer import REMAT_POLICIES  # noqa: E402
+
+def _full_logits(objective):
+  """`objective` fed full fp32 logits (head=True), as before the chunked cross-entropy."""
+  def fn(forward, params, batch, rng, cfg):
+    return objective(lambda *a, head=True, **k: forward(*a, **k), params, batch, rng, cfg)
+  return fn
+
+
+# Baselines for the per-change table: the same objectives through [B, L, V] logits.
+objectives.register("ar_logits")(_full_logits(objectives.ar))
+objectives.register("mdm_logits", kind="dlm", **objectives.DEFAULT_ARGS["mdm"])(
+    _full_logits(objectives.mdm))
 
 # The issue's reference shape: ~30M parameters, fp32, 16 x 256 tokens per step.
 REFERENCE = dict(num_layers=8, d_model=512, num_heads=8, d_ff=1408, vocab_size=8192,
@@ -52,8 +70,9 @@ def model_overrides(args, kind: str) -> dict:
   base.update(remat=args.remat)
   if kind == "dense":
     return base
-  if kind not in ("moe", "moe_capacity"):
-    raise SystemExit(f"unknown model kind {kind!r} in --variants: use dense, moe or moe_capacity")
+  if kind not in ("moe", "moe_capacity", "moe_ragged"):
+    raise SystemExit(f"unknown model kind {kind!r} in --variants: use dense, moe, moe_capacity "
+                     "or moe_ragged")
   return dict(base, num_experts=args.experts, experts_per_token=args.top_k,
               moe_d_ff=base["d_ff"] // args.top_k, moe_every=1,
               moe_dispatch="capacity" if kind == "moe_capacity" else "dropless")
@@ -61,11 +80,15 @@ def model_overrides(args, kind: str) -> dict:
 
 def build_variant(args, variant: str, devices):
   """(step_fn, state, tokens, flops_per_token) of one dlmscale variant, compiled and warmed up."""
-  kind, _, objective = variant.partition("/")
+  model, _, objective = variant.partition("/")
+  kind, _, overrides = model.partition(":")
   objectives.get(objective)
   cfg = config_lib.default_config()
   cfg.objectives = (objective,)
   cfg.model.update(model_overrides(args, kind))
+  for item in filter(None, overrides.split(";")):
+    key, _, value = item.partition("=")
+    cfg.model[key] = ast.literal_eval(value) if value[:1] not in "abcdefghijklmnopqrstuvwxyz" else value
   cfg.data.seq_len = args.seq_len
   cfg.train.update(global_batch=args.batch, warmup_steps=10)
   mesh = parallel.make_mesh(dict(cfg.mesh), devices)
@@ -75,9 +98,13 @@ def build_variant(args, variant: str, devices):
   state = train.create_state(step.model, step.optimizer, 0, step.shardings)
   tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq_len), 0, vocab - 1)
   tokens = jax.device_put(tokens, step.batch_sharding)
-  for _ in range(2):  # compile, then one more so buffers are in their steady-state places
-    state, metrics = step.step_fn(state, tokens)
-  jax.block_until_ready(metrics)
+  grouped_matmul.CPU_IMPL = "ragged_dot" if kind == "moe_ragged" else "blocked"  # read at trace
+  try:
+    for _ in range(2):  # compile, then one more so buffers are in their steady-state places
+      state, metrics = step.step_fn(state, tokens)
+    jax.block_until_ready(metrics)
+  finally:
+    grouped_matmul.CPU_IMPL = "blocked"
   causal = objectives.kind_of(objective) == "ar"
   fpt = flops.train_flops_per_token(step.model.cfg, args.seq_len, causal=causal)
   return {"step_fn": step.step_fn, "state": state, "tokens": tokens, "flops_per_token": fpt,
@@ -93,6 +120,20 @@ def time_variant(v, steps: int) -> float:
   jax.block_until_ready((state, metrics))
   v["state"] = state
   return steps * tokens.size / (time.perf_counter() - start)
+
+
+def time_steps(exp, steps: int) -> float:
+  """Tokens/s of an experiment's compiled train step over `steps` steps on its stream's first
+  batch (after one warm-up step); for benchmarks built on experiment.build_experiment."""
+  state = train.create_state(exp.model, exp.optimizer, 0, exp.shardings)
+  tokens = parallel.place_batch(exp.stream.local_batch_at(0), exp.batch_sharding)
+  state, metrics = exp.step_fn(state, tokens)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = exp.step_fn(state, tokens)
+  jax.block_until_ready(metrics)
+  return steps * exp.stream.tokens_per_step / (time.perf_counter() - start)
 
 
 def xla_matmul_flops(n: int = MATMUL_N, reps: int = 5) -> float:

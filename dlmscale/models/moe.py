@@ -2,7 +2,8 @@
 
 Two dispatch implementations compute the same function (up to dropped tokens):
 - "dropless": token-expert assignments are sorted by expert and the experts run as grouped
-  matmuls (`jax.lax.ragged_dot`); no token is ever dropped.
+  matmuls (`jax.lax.ragged_dot`; on CPU whole blocks per expert, models/grouped_matmul.py); no
+  token is ever dropped.
 - "capacity": GShard-style one-hot dispatch/combine einsums. Tokens are grouped per sequence
   (one batch row = one group, so the einsums shard along the batch like the rest of the network);
   each expert takes at most C = ceil(capacity_factor * L * k / E) assignments per group, top-1
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmscale.models import moe_tpu
+from dlmscale.models.grouped_matmul import grouped_matmul
 from dlmscale.models.layers import SwiGLU, dropout, param
 from dlmscale.parallel import constrain
 
@@ -96,10 +98,10 @@ class MoE(nnx.Module):
     order_N = jnp.argsort(experts_N, stable=True)
     x_NxD = jnp.take(x_TxD, order_N // k, axis=0)
     sizes_E = jnp.bincount(experts_N, length=e).astype(jnp.int32)
-    gate_NxF = jax.lax.ragged_dot(x_NxD, self.w_gate[...].astype(dt), sizes_E)
-    up_NxF = jax.lax.ragged_dot(x_NxD, self.w_up[...].astype(dt), sizes_E)
+    gate_NxF = grouped_matmul(x_NxD, self.w_gate[...].astype(dt), sizes_E)
+    up_NxF = grouped_matmul(x_NxD, self.w_up[...].astype(dt), sizes_E)
     h_NxF = dropout(jax.nn.silu(gate_NxF) * up_NxF, dropout_rate, key)
-    y_NxD = jax.lax.ragged_dot(h_NxF, self.w_down[...].astype(dt), sizes_E)
+    y_NxD = grouped_matmul(h_NxF, self.w_down[...].astype(dt), sizes_E)
     y_TxKxD = jnp.take(y_NxD, jnp.argsort(order_N), axis=0).reshape(t, k, d)
     y_TxD = jnp.einsum("tkd,tk->td", y_TxKxD, weights_TxK.astype(dt))
     return y_TxD, jnp.zeros((), jnp.float32)

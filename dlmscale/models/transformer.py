@@ -14,7 +14,7 @@ from flax import nnx
 from dlmscale.errors import ConfigError
 from dlmscale.parallel import constrain
 from dlmscale.models.cross_entropy import HeadInput
-from dlmscale.models.layers import Attention, RMSNorm, SwiGLU, dropout, param
+from dlmscale.models.layers import ATTENTION_IMPLS, Attention, RMSNorm, SwiGLU, dropout, param
 from dlmscale.models.moe import DISPATCHES, ROUTERS, MoE
 
 REMAT_POLICIES = {
@@ -45,6 +45,7 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
   scan_layers: bool = True
   remat: str = "none"
+  attention: str = "auto"  # training attention: layers.attention_impl (auto, einsum, xla, cudnn)
   dropout_attention: float = 0.0
   dropout_residual: float = 0.0
   dropout_mlp: float = 0.0
@@ -66,6 +67,9 @@ class ModelConfig:
     problem = moe_config_problem(self)
     if problem:
       raise ConfigError(problem)
+    if self.attention not in ATTENTION_IMPLS:
+      raise ConfigError(f"unknown model.attention {self.attention!r}: use one of "
+                        f"{list(ATTENTION_IMPLS)}")
     if not self.num_kv_heads:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     if not self.head_dim:
