@@ -55,7 +55,8 @@ def wrap(bwrap: str, argv: list[str], *, read_only: list[str], writable: list[st
 
 
 def _under_tmp(paths: list[str]) -> list[str]:
-  real = {os.path.realpath(p) for p in paths}
+  # Both spellings of a path reached through a symlink: the interpreter may use either.
+  real = {q for p in paths for q in (os.path.abspath(p), os.path.realpath(p))}
   real = {p for p in real if p == "/tmp" or p.startswith("/tmp/")}
   # A path inside another one is already bound with it.
   return sorted(p for p in real if not any(p.startswith(q + "/") for q in real))
