@@ -47,7 +47,10 @@ def launch(args: list[str], num_processes: int, devices_per_process: int,
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=" ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                                 if "device_count" not in f) +
-             f" --xla_force_host_platform_device_count={devices_per_process}")
+             f" --xla_force_host_platform_device_count={devices_per_process}",
+             # XLA's CPU client runs all devices on one pool of NPROC threads; back-to-back steps
+             # with collectives need ~2 per device or they deadlock (tests/test_cpu_collectives.py).
+             NPROC=str(max(int(os.environ.get("NPROC") or 0), 2 * devices_per_process)))
   log_dir = log_dir or tempfile.mkdtemp(prefix="dlmscale-launch-")
   os.makedirs(log_dir, exist_ok=True)
   procs, logs = [], []
