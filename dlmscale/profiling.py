@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 
 import jax
+from etils import epath
 
 from dlmscale.errors import ConfigError
 
@@ -45,6 +48,9 @@ class StepProfiler:
   def __init__(self, profile_steps: str, workdir: str, *, enabled: bool = True):
     self.window = parse_window(profile_steps) if enabled else None
     self.logdir = os.path.join(workdir, PROFILE_DIR)
+    # jax's profiler writes gs:// through its own client (no emulator, none of epath's settings):
+    # on a bucket it traces into a local folder, uploaded through epath when the trace stops.
+    self._trace_dir = self.logdir
     self.active = False
     self._done = False
 
@@ -54,7 +60,9 @@ class StepProfiler:
     start, end = self.window
     if not self.active and start <= step < end:
       log.info("profiling steps %d to %d into %s", step, end - 1, self.logdir)
-      jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+      if "://" in self.logdir:
+        self._trace_dir = tempfile.mkdtemp(prefix="dlmscale-profile-")
+      jax.profiler.start_trace(self._trace_dir, create_perfetto_trace=True)
       self.active = True
     elif self.active and step >= end:
       self.close(state)
@@ -66,6 +74,8 @@ class StepProfiler:
     if state is not None:
       jax.block_until_ready(state)
     jax.profiler.stop_trace()
+    if self._trace_dir != self.logdir:
+      _upload(self._trace_dir, epath.Path(self.logdir))
     self.active, self._done = False, True
     log.info("profile written to %s", self.logdir)
 
@@ -74,3 +84,13 @@ class StepProfiler:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _upload(local: str, remote: epath.Path) -> None:
+  """Copies the local folder's files to `remote` (same relative paths), then deletes it."""
+  for root, _, files in os.walk(local):
+    for name in files:
+      target = remote / os.path.relpath(os.path.join(root, name), local)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(epath.Path(root, name).read_bytes())
+  shutil.rmtree(local, ignore_errors=True)

@@ -173,6 +173,19 @@ def test_sweep_on_a_bucket_keeps_its_records_there(emulator, tmp_path_factory):
   assert f"{name}: finished already, skipped" in again.getvalue()
 
 
+def test_profiler_trace_of_a_run_on_a_bucket_lands_there(emulator):
+  from dlmscale import profiling
+  workdir = f"gs://{BUCKET}/profiled"
+  x_N = np.arange(8.0)
+  with profiling.StepProfiler("1:3", workdir) as profiler:
+    for step in range(4):
+      profiler.step(step, x_N)
+      x_N = jax.numpy.sin(x_N) + 1
+  names = emulator.objects(BUCKET, "profiled/profile/plugins/profile/")
+  assert any(n.endswith(".xplane.pb") for n in names), names  # TensorBoard's profile plugin
+  assert any(n.endswith(".trace.json.gz") for n in names), names  # Perfetto
+
+
 @pytest.mark.parametrize("location, message", [
     ("s3://bucket/run", r"s3:// run directories are not supported"),
     ("gcs://bucket/run", r"gcs:// run directories are not supported"),
