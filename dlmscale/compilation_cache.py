@@ -29,8 +29,8 @@ def cache_dir() -> str | None:
   value = os.environ.get(ENV, "").strip()
   if value.lower() in _OFF:
     return None
-  if value:
-    return os.path.abspath(os.path.expanduser(value))
+  if value:  # a bucket URL (JAX writes gs:// itself) is kept whole
+    return value if "://" in value else os.path.abspath(os.path.expanduser(value))
   return os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_dir()
 
 

@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +196,18 @@ def _wandb_records(path):
       pending = b""
 
 
+def _finished_wandb_records(path, timeout_s=60.0):
+  """The records once the run's exit record is on disk: W&B's writer process may still be
+  flushing the log when finish() returns."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    records = list(_wandb_records(path))
+    if any(r.WhichOneof("record_type") == "exit" for r in records) or \
+        time.monotonic() > deadline:
+      return records
+    time.sleep(0.2)
+
+
 def test_wandb_offline_run_mirrors_metrics_jsonl(tmp_path, monkeypatch):
   pytest.importorskip("wandb", reason="the wandb extra is not installed")
   monkeypatch.setenv("WANDB_MODE", "offline")
@@ -210,7 +223,7 @@ def test_wandb_offline_run_mirrors_metrics_jsonl(tmp_path, monkeypatch):
   assert len(runs) == 2 and len({os.path.basename(r) for r in runs}) == 1
   history, run = {}, None
   for path in runs:
-    for record in _wandb_records(path):
+    for record in _finished_wandb_records(path):
       kind = record.WhichOneof("record_type")
       if kind == "history":
         items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -279,6 +292,8 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
   assert compilation_cache.cache_dir() == str(tmp_path / "jax")
   monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "mine"))
   assert compilation_cache.cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv(compilation_cache.ENV, "gs://bucket/jax_cache")
+  assert compilation_cache.cache_dir() == "gs://bucket/jax_cache"
   for off in ("off", "0", "None"):
     monkeypatch.setenv(compilation_cache.ENV, off)
     assert compilation_cache.cache_dir() is None
