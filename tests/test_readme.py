@@ -18,7 +18,8 @@ def _readme() -> str:
 
 
 def test_library_example_trains():
-  code = re.findall(r"```python\n(.*?)```", _readme(), re.S)[0]
+  blocks = re.findall(r"```python\n(.*?)```", _readme(), re.S)
+  code = next(b for b in blocks if "dlmscale.build_model" in b)  # "Using dlmscale from your own JAX code"
   scope: dict = {}
   exec(compile(code, "README.md", "exec"), scope)
   tokens = jax.random.randint(jax.random.key(1), (8, 32), 0, 256)
