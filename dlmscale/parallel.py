@@ -187,7 +187,12 @@ def maybe_initialize_distributed(coordinator_address: str | None, num_processes:
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
   if coordinator_address or (num_processes or 1) > 1:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    try:
+      jax.distributed.initialize(coordinator_address=coordinator_address,
+                                 num_processes=num_processes, process_id=process_id)
+    except ValueError as e:  # e.g. no coordinator given and no cluster around to name one
+      raise ConfigError(f"cannot join a multi-process job ({e}): pass --coordinator_address="
+                        "HOST:PORT (process 0's), --num_processes and --process_id, or "
+                        "--multihost where jax finds its peers") from None
   elif auto:
     jax.distributed.initialize()
