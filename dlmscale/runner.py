@@ -194,7 +194,9 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
     with (sigterm.deferred(), stream.iterator(start, workers=cfg.data.loader_workers) as batches,
           StepProfiler(cfg.train.profile_steps, str(workdir), enabled=main_process) as profiler):
       for step in range(start, end):
+        before = time.time()
         profiler.step(step, state)
+        window_start += time.time() - before  # starting or stopping a trace is not training time
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
         pending.append(metrics)
@@ -231,6 +233,7 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
           failed = False
           raise Preempted(f"{exp.objective}: SIGTERM received, saved a checkpoint at step {done} "
                           f"in {checkpointer.directory}: rerun the same command to resume")
+      profiler.close(state)  # after the last step's work, so the trace holds whole steps
     sigterm.phase = (f"final validation of {exp.objective} (training finished; its checkpoint "
                      f"at step {end} is saved)")
     checkpointer.wait()
