@@ -2,8 +2,8 @@
 megablox kernel (interpreted on CPU) equals ragged_dot and a per-group loop; both dispatches, under
 shard_map on data x expert, fsdp x expert x tensor and expert-only meshes, give dropless's outputs
 and gradients, also when every token routes to one chip's experts; a sharded train step matches
-one device; compiled for a TPU slice, the kernels lower and the gather variant's FLOPs match the
-analytic count."""
+one device; dropout masks differ between chips; compiled for a TPU slice, the kernel lowers and
+the gather variant's FLOPs match the analytic count."""
 import functools
 
 import jax
@@ -60,7 +60,7 @@ def test_megablox_kernel_equals_ragged_dot_and_a_loop():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   dx, dw = out["megablox_interpret"]
   assert np.all(np.asarray(dx[32:]) == 0) and np.all(np.asarray(dw[1]) == 0)
-  assert np.isfinite(np.asarray(dx)).all() and float(jnp.abs(dx[:32]).min()) >= 0
+  assert np.isfinite(np.asarray(dx)).all()
 
 
 def _loss_and_grads(dispatch, mesh_name, kernel, router_name):
@@ -149,6 +149,21 @@ def test_scanned_rematted_train_step_on_a_mesh_matches_dropless_on_one_device():
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                new_state["params"], ref_state["params"])
+
+
+def test_dropout_masks_differ_between_chips():
+  # Every chip gets the same sequence: with one key shared by all chips the outputs would repeat.
+  layer = moe_lib.MoE(make_cfg(moe_dispatch="dropless_gather"), jax.random.key(0))
+  x = jnp.broadcast_to(inputs()[:1], (B, L, D))
+
+  def run(x):
+    with parallel.activation_sharding(parallel.make_mesh(MESHES["data2_expert4"]), RULES):
+      return layer(x, dropout_rate=0.5, key=jax.random.key(3))[0]
+
+  y = np.asarray(jax.jit(run).lower(x).compile(FAST)(x))
+  assert np.isfinite(y).all()
+  assert len({row.tobytes() for row in y}) == B
+  np.testing.assert_array_less(0, np.abs(y - np.asarray(layer(x)[0])).max())
 
 
 def test_a2a_needs_tokens_split_over_the_expert_axis():
