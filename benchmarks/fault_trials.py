@@ -196,14 +196,26 @@ def sigterm_trial(reference: dict, root: str, seed: int) -> dict:
   if run.proc.poll() is None:
     run.proc.send_signal(signal.SIGTERM)
   code, stderr = run.wait()
-  lines = [line for line in stderr.splitlines() if line.strip()]
-  stop_clear = code == 0 or (code == 143 and bool(lines) and "SIGTERM" in lines[-1]
-                             and "Traceback" not in stderr)
+  stop = sigterm_stop(code, stderr)
   outcome, note = _rerun_outcome(reference, workdir)
-  if not stop_clear:
-    outcome, note = "unclear", f"stopped with exit {code}: {lines[-1][:120] if lines else ''}"
+  if stop not in ("stopped", "finished"):
+    last = ([line for line in stderr.splitlines() if line.strip()] or [""])[-1]
+    outcome, note = "unclear", f"{stop}, exit {code}: {last[:120]}"
   return {"trial": "sigterm", "seed": seed, "moment": f"at {at:.1f}s", "killed": code == 143,
-          "outcome": outcome, "note": note}
+          "stop": stop, "outcome": outcome, "note": note}
+
+
+def sigterm_stop(code: int, stderr: str) -> str:
+  """How a run took SIGTERM: 'stopped' (exit 143, the last line the message), 'finished' (exit 0,
+  the signal came after the work), 'swallowed' (exit 0 although the handler raised: Python
+  reported the exception as unraisable, e.g. inside a gc callback, and the run went on), or
+  'unclear' (anything else: a traceback, exit -15, other lines after the message)."""
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  if code == 143 and lines and "SIGTERM" in lines[-1] and "Traceback" not in stderr:
+    return "stopped"
+  if code == 0:
+    return "swallowed" if "Exception ignored" in stderr and "Preempted" in stderr else "finished"
+  return "unclear"
 
 
 def _largest(step_dir: str, smallest: bool = False) -> str:
@@ -258,7 +270,7 @@ DAMAGE = {  # kind -> damage(step_dir, rng)
 
 def damage_trial(reference: dict, root: str, kind: str, seed: int) -> dict:
   """The reference run as if stopped after step 12, its step 12 damaged; the rerun resumes."""
-  workdir = os.path.join(root, f"damage{seed}_{re.sub(r'[^a-z0-9]+', '_', kind)}")
+  workdir = os.path.join(root, f"damage{seed}_{re.sub(r'[^a-z0-9]+', '_', kind.lower())}")
   shutil.copytree(reference["dir"], workdir)
   shutil.rmtree(os.path.join(workdir, "ar", "checkpoints", str(NUM_STEPS)))
   DAMAGE[kind](os.path.join(workdir, "ar", "checkpoints", "12"), random.Random(20_000 + seed))
@@ -292,6 +304,8 @@ def summarize(rows: list[dict]) -> str:
     counts[kind][r["outcome"]] += 1
     counts[kind]["trials"] += 1
     counts[kind]["interrupted"] += bool(r.get("killed"))
+    if "stop" in r:
+      counts[kind]["stop " + r["stop"]] += 1
     if "fallback" in r:
       counts[kind]["fallback " + r["fallback"]] += 1
   lines = ["| trial | trials | interrupted | equal | error | different | unclear | fallback equal |",
@@ -302,6 +316,16 @@ def summarize(rows: list[dict]) -> str:
                 if any(k.startswith("fallback") for k in c) else "—")
     lines.append(f"| {kind} | {c['trials']} | {interrupted} | "
                  + " | ".join(str(c[o]) for o in outcomes) + f" | {fallback} |")
+  stops = collections.Counter(r["stop"] for r in rows if "stop" in r)
+  if stops:
+    lines.append(f"| (SIGTERM: how the run took it) | {sum(stops.values())} | | "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(stops.items())) + " | | | | |")
+  logged = collections.Counter(r["last_logged_step"] for r in rows if r.get("killed")
+                               and "last_logged_step" in r)
+  if logged:
+    lines.append("| (kill -9: last step logged before it, 0 = during start-up) | "
+                 f"{sum(logged.values())} | | "
+                 + ", ".join(f"{k}: {v}" for k, v in sorted(logged.items())) + " | | | | |")
   total = collections.Counter(r["outcome"] for r in rows)
   lines.append(f"| **all** | {len(rows)} | | " + " | ".join(str(total[o]) for o in outcomes)
                + " | |")
