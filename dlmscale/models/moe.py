@@ -1,6 +1,6 @@
 """Mixture-of-experts feed-forward: a top-k router over SwiGLU experts, optional shared expert.
 
-Two dispatch implementations compute the same function (up to dropped tokens):
+The dispatch implementations compute the same function (up to dropped tokens):
 - "dropless": token-expert assignments are sorted by expert and the experts run as grouped
   matmuls (`jax.lax.ragged_dot`; on CPU whole blocks per expert, models/grouped_matmul.py); no
   token is ever dropped.
