@@ -88,7 +88,8 @@ def test_cached_greedy_generation_equals_the_full_forward_token_for_token(name):
 
 
 @pytest.mark.parametrize("kw, tol", [(dict(), 1e-5), (dict(dtype="bfloat16"), 2e-2),
-                                     (dict(num_experts=4, moe_dispatch="capacity"), 1e-5)])
+                                     (dict(num_experts=4, moe_dispatch="capacity"), 1e-5),
+                                     (dict(scan_layers=False, num_kv_heads=2), 1e-5)])
 def test_prefill_and_decode_logits_equal_the_full_forward(kw, tol):
   """Prefill then one decode_step per token reproduce the causal forward's logits, rows
   left-padded (fp32 and bf16, dense and MoE); bf16 within bf16 rounding. Capacity-dispatch MoE

@@ -5,6 +5,7 @@ One network serves every objective: AR calls it causally, masked diffusion bidir
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -305,11 +306,18 @@ class Transformer(nnx.Module):
 
       x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, (stacked, kv), length=n)
       new_kv = tuple(c.reshape(cfg.num_layers, *c.shape[-4:]) for c in new_kv)
+    elif kv is not None:
+      # A loop over the layers as the scan does it (lax.switch picks each layer's own block):
+      # unrolled, XLA copies the whole loop-carried cache twice around the layers' slices.
+      branches = [functools.partial(lambda b, x, layer_kv: b.attend(x, layer_kv, **attend), b)
+                  for b in self.blocks]
+      x_BxTxD, new_kv = jax.lax.scan(
+          lambda x, layer: jax.lax.switch(layer[0], branches, x, layer[1]), x_BxTxD,
+          (jnp.arange(cfg.num_layers), kv))
     else:
       kvs = []
-      for i, block in enumerate(self.blocks):
-        x_BxTxD, layer_kv = block.attend(x_BxTxD, None if kv is None else (kv[0][i], kv[1][i]),
-                                         **attend)
+      for block in self.blocks:
+        x_BxTxD, layer_kv = block.attend(x_BxTxD, None, **attend)
         kvs.append(layer_kv)
       new_kv = tuple(jnp.stack(c) for c in zip(*kvs))
     x_BxTxD = self.final_norm(x_BxTxD)
