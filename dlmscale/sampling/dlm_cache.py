@@ -81,7 +81,8 @@ def block_loop(static_model, params, canvas_BxT, first_B, key, temperature, thre
     tokens_BxW = jnp.take_along_axis(canvas_BxT, jnp.minimum(window_BxW, t - 1), axis=1)
     outside_BxS = slots_T[None, :] < start_B[:, None]  # the prefix
     if cache == "dual":  # and the suffix after the block
-      outside_BxS |= (slots_T[None, :] >= start_B[:, None] + bl) & (slots_T[None] < visible_B[:, None])
+      outside_BxS |= ((slots_T[None, :] >= start_B[:, None] + bl)
+                      & (slots_T[None, :] < visible_B[:, None]))
     logits_BxWxV, _ = model.attend(
         params, tokens_BxW, positions_BxT=window_BxW,
         allowed_BxTxT=jnp.broadcast_to(valid_BxW[:, None, :], (b, width, width)), kv=kv,
