@@ -13,6 +13,7 @@ from etils import epath
 from dlmscale.errors import ConfigError
 from dlmscale.export import dlm_modeling, hf_config, tokenizer, weights
 from dlmscale.optional import require
+from dlmscale.progress import Progress
 
 SHARD_BYTES = 4 * 2**30  # safetensors files up to this size; more get an index
 KINDS = ("ar", "dlm")
@@ -46,8 +47,13 @@ def write_weights(tensors: dict, out: epath.Path, max_shard_bytes: int = SHARD_B
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
              "weight_map": {n: f for f, g in zip(names, groups) for n in g}}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-  for name, group in zip(names, groups):
-    (out / name).write_bytes(st.save(group, metadata={"format": "pt"}))
+  mb = lambda group: sum(t.nbytes for t in group.values()) / 2**20
+  with Progress("export weights", total=round(sum(mb(g) for g in groups)), unit="MB",
+                enabled=True) as bar:
+    for name, group in zip(names, groups):
+      (out / name).write_bytes(st.save(group, metadata={"format": "pt"}))
+      bar.update(round(mb(group)))
+    bar.summary = f"{len(names)} file(s) in {out}"
   return names
 
 
