@@ -158,6 +158,11 @@ def activation_sharding(mesh: Mesh, rules):
     _ACTIVATION_MESH.reset(token)
 
 
+def activation_context():
+  """(mesh, rules) of the enclosing `activation_sharding`, or None outside one."""
+  return _ACTIVATION_MESH.get()
+
+
 def constrain(x, logical_axes: Sequence):
   """x with a sharding constraint from its logical axes (e.g. ("batch", None, None)) when traced
   inside `activation_sharding`; unchanged otherwise (evaluation, sampling, unsharded tests)."""

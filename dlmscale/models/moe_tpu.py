@@ -191,7 +191,7 @@ def _mesh_axes(spec_entry) -> tuple[str, ...]:
 def dispatch(dispatch_name: str, x_TxD, weights_TxK, experts_TxK, w_gate, w_up, w_down, *,
              dropout_rate=0.0, key=None):
   """y_TxD of the routed experts by `dispatch_name` (one of TPU_DISPATCHES)."""
-  context = parallel._ACTIVATION_MESH.get()  # the mesh and rules the train step traces under
+  context = parallel.activation_context()  # the mesh and rules the train step traces under
   mesh, rules = context if context is not None else (None, None)
   kernel = _KERNEL.get() or _default_kernel(mesh)
   dt = x_TxD.dtype
