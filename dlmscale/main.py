@@ -189,7 +189,9 @@ def main(argv) -> None:
     _fail(f"--workdir is required for --mode={mode}, e.g. --workdir=runs/quickstart")
   # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-  for noisy in ("absl", "orbax", "jax", "fsspec", "gcsfs"):  # the last two: gs:// run directories
+  # fsspec, gcsfs: gs:// run directories. torch: tensorboardX imports it; a SIGTERM during that
+  # import leaves torch's atexit "FakeTensor cache stats" lines after the one-line message.
+  for noisy in ("absl", "orbax", "jax", "fsspec", "gcsfs", "torch"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   # Orbax logs a failed save's traceback from its own thread; dlmscale reports it on one line.
   logging.getLogger("absl").addFilter(_drop_orbax_errors)
