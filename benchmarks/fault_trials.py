@@ -308,7 +308,8 @@ def summarize(rows: list[dict]) -> str:
       counts[kind]["stop " + r["stop"]] += 1
     if "fallback" in r:
       counts[kind]["fallback " + r["fallback"]] += 1
-  lines = ["| trial | trials | interrupted | equal | error | different | unclear | fallback equal |",
+  lines = ["| trial | trials | interrupted | equal | error | different | unclear "
+           "| fallback equal |",
            "|---|---|---|---|---|---|---|---|"]
   for kind, c in counts.items():
     interrupted = c["interrupted"] if not kind.startswith("damage") else "—"
