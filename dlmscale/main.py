@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import warnings
 
 
@@ -221,11 +222,19 @@ def _drop_orbax_errors(record: logging.LogRecord) -> bool:
   return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-def _drop_closed_loop_noise(unraisable, _default=sys.unraisablehook) -> None:
+def _handle_unraisable(unraisable, _default=sys.unraisablehook) -> None:
   """When an Orbax restore fails, the TensorStore reads still in flight call back into the event
   loop Orbax already closed, and their coroutines are collected unfinished; their tracebacks would
   bury the one-line error, so they are dropped (dlmscale itself runs no coroutines)."""
   exc = unraisable.exc_value
+  if isinstance(exc, Preempted):
+    # The SIGTERM handler ran inside a callback whose exceptions Python ignores (a gc callback of
+    # JAX's): deliver the signal again, from outside this hook (where it would be ignored too), to
+    # be raised where it can stop the program.
+    resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+    resend.daemon = True
+    resend.start()
+    return
   if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
     return
   if inspect.iscoroutine(unraisable.object) or inspect.isasyncgen(unraisable.object):
@@ -251,7 +260,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 def run() -> None:
   sys.argv = _subcommand_to_flag(sys.argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.unraisablehook = _drop_closed_loop_noise
+  sys.unraisablehook = _handle_unraisable
   warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited")
   signal.signal(signal.SIGTERM, _stop_on_sigterm)
   try:

@@ -11,6 +11,7 @@ import json
 import shlex
 import shutil
 import signal
+import textwrap
 import subprocess
 import sys
 import time
@@ -156,3 +157,33 @@ def test_damaged_checkpoint_through_the_cli_is_exactly_one_line(env, reference, 
   _user_error(proc.returncode, proc.stderr, "checkpoint step 16", "restore_fallback")
   assert [line for line in proc.stderr.splitlines() if line.strip()] == [
       proc.stderr.strip().splitlines()[-1]], proc.stderr[-3000:]
+
+
+def test_sigterm_handled_inside_a_gc_callback_still_stops_the_program():
+  """Python ignores exceptions raised in gc callbacks (JAX registers one): a SIGTERM whose handler
+  runs there must be delivered again, not swallowed."""
+  script = textwrap.dedent("""\
+      import gc, os, signal, sys, time
+      from dlmscale import main
+      from dlmscale.preemption import Preempted
+      sys.unraisablehook = main._handle_unraisable
+      signal.signal(signal.SIGTERM, main._stop_on_sigterm)
+      fired = []
+      def callback(phase, info):
+        if not fired:
+          fired.append(1)
+          os.kill(os.getpid(), signal.SIGTERM)
+          sum(range(10000))  # the handler runs here, inside the callback
+      gc.callbacks.append(callback)
+      try:
+        gc.collect()
+        for _ in range(200):
+          time.sleep(0.01)
+      except Preempted:
+        print("stopped")
+        sys.exit(143)
+      print("carried on")
+      """)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert (proc.returncode, proc.stdout.strip()) == (143, "stopped"), proc.stderr[-2000:]
