@@ -16,6 +16,9 @@ from dlmscale.errors import ConfigError
 from dlmscale.evaluation.suite import check_eval_config
 from dlmscale.models.transformer import REMAT_POLICIES, ModelConfig, moe_config_problem
 from dlmscale.parallel import DEFAULT_RULES
+from dlmscale.sampling.ar import check_sampling
+from dlmscale.sampling.dlm import REMASKING
+from dlmscale.sampling.dlm_cache import check_fast_options
 
 SCHEDULES = ("wsd", "cosine", "constant")
 
@@ -187,6 +190,15 @@ def _check_numbers(cfg) -> None:
   if any(not isinstance(p, str) or not p for p in prompts):
     raise ConfigError("sample.prompts holds an empty prompt: give every prompt some text, e.g. "
                       "--config.sample.prompts=\"('def f(x):',)\"")
+  sp = cfg.sample
+  try:  # the sampler's own checks, so a bad sample.* fails when the config is loaded
+    check_sampling(sp.temperature, sp.top_k, sp.top_p)
+    if sp.remasking not in REMASKING:
+      raise ConfigError(f"unknown remasking {sp.remasking!r}: use one of {list(REMASKING)}")
+    check_fast_options(threshold=sp.threshold, cache=sp.cache, refresh_every=sp.refresh_every,
+                       steps=sp.steps, remasking=sp.remasking)
+  except ConfigError as e:
+    raise ConfigError(f"config sample.*: {e}") from None
   if cfg.sample.max_new_tokens < 1 or cfg.sample.num_samples < 1:
     raise ConfigError("sample.max_new_tokens and sample.num_samples must be >= 1, got "
                       f"{cfg.sample.max_new_tokens}, {cfg.sample.num_samples}")

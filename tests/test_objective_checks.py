@@ -81,3 +81,17 @@ def test_bad_objective_arguments_fail_at_config_validation(name, args, message):
   with pytest.raises(ConfigError) as e:
     config_lib.validate(cfg)
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("cache", "dual2", "unknown cache 'dual2'"),
+    ("remasking", "x", "unknown remasking 'x'"),
+    ("top_p", 0.0, "top_p must be in (0, 1]"),
+    ("threshold", -1.0, "threshold must be >= 0"),
+])
+def test_bad_sample_settings_fail_at_config_validation(key, value, message):
+  cfg = config_lib.default_config()
+  cfg.sample[key] = value
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(cfg)
+  assert str(e.value).startswith("config sample.*: ") and message in str(e.value)
