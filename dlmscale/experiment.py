@@ -85,7 +85,8 @@ def build_step(cfg, objective: str, mesh, *, vocab_size: int, mask_id: int,
   return Step(model=model, mesh=mesh, optimizer=optimizer, schedule=schedule,
               shardings=shardings, batch_sharding=b_sh,
               step_fn=train.compile_step(step, shardings, b_sh),
-              flops_per_token=flops.train_flops_per_token(model.cfg, cfg.data.seq_len))
+              flops_per_token=flops.train_flops_per_token(
+                  model.cfg, cfg.data.seq_len, causal=objectives.kind_of(objective) == "ar"))
 
 
 def tokenizer_ids(cfg) -> tuple[int, int]:
