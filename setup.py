@@ -7,9 +7,10 @@ from setuptools import find_packages, setup
 _GCS = ["gcsfs>=2026.10.1,<2027", "google-cloud-storage>=3.14.1,<4"]
 _SOURCE_EXTRAS = ["pyarrow>=26,<27", "datasets>=5.2,<6", "tokenizers>=0.23,<0.24",
                   "tensorflow-datasets>=4.9.10,<4.10"]
-# --mode=export / model.init_from: transformers loads the export in the tests (torch: install the
-# CPU wheel with --extra-index-url https://download.pytorch.org/whl/cpu to skip CUDA).
-_HF_EXPORT = ["torch>=2.13,<3", "transformers>=5.24,<6", "safetensors>=0.8,<0.9",
+# --mode=export / model.init_from: transformers loads the export in the tests. torch pinned to the
+# version tested (2.13.0+cpu here); the CPU wheel skips CUDA's ~6 GB: --extra-index-url
+# https://download.pytorch.org/whl/cpu (a higher torch pulled the CUDA build and its nvidia-* wheels).
+_HF_EXPORT = ["torch==2.13.0", "transformers>=5.24,<6", "safetensors>=0.8,<0.9",
               "tokenizers>=0.23,<0.24"]
 
 setup(
