@@ -7,8 +7,12 @@ import contextlib
 import signal
 
 
-class Preempted(Exception):
-  """SIGTERM arrived; whatever could be saved was saved, and rerunning the command resumes."""
+class Preempted(BaseException):
+  """SIGTERM arrived; whatever could be saved was saved, and rerunning the command resumes.
+
+  A BaseException, like KeyboardInterrupt: raised from a signal handler it can surface inside any
+  library call, and an `except Exception` there (JAX's compilation-cache read catches everything
+  and warns) must not swallow it."""
 
 
 class Sigterm:
