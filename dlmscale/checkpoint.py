@@ -22,6 +22,10 @@ log = logging.getLogger("dlmscale")
 CHECKSUMS = "checksums"  # the key of the data state that holds them
 
 
+class ShapeMismatchError(CheckpointError):
+  """The checkpoint is whole but was written for other shapes (another model config)."""
+
+
 class Checkpointer:
   """Saves and restores {state, data} under `directory`, keeping the last `keep` steps."""
 
@@ -117,7 +121,7 @@ class Checkpointer:
         state, data = self.restore(step, abstract_state)
         return state, data, step
       except CheckpointError as e:
-        if not fallback or "does not match this config" in str(e):
+        if not fallback or isinstance(e, ShapeMismatchError):  # a config error, not damage
           raise
         aside = epath.Path(f"{self.directory}-damaged") / str(step)
         aside.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +147,7 @@ class Checkpointer:
     diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     if diff:
       k = diff[0]
-      raise CheckpointError(
+      raise ShapeMismatchError(
           f"checkpoint step {step} in {self.directory} does not match this config's model/optimizer "
           f"shapes ({len(diff)} arrays differ, e.g. {k}: checkpoint {got.get(k, 'absent')}, config "
           f"{want.get(k, 'absent')}): use the config it was written with, or a new --workdir")

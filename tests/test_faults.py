@@ -231,6 +231,11 @@ def test_resizing_the_model_without_config_json_names_the_shapes_and_writes_noth
                                             r" \(.*checkpoint \(.*\), config \("):
     _train(exp, workdir)
   assert _digest(workdir) == before
+  # Not damage: even with the fallback on, nothing is moved aside.
+  exp = dataclasses.replace(exp, cfg=_config(**{"model.d_ff": 96, "train.restore_fallback": True}))
+  with pytest.raises(CheckpointError, match="does not match this config"):
+    _train(exp, workdir)
+  assert _digest(workdir) == before
 
 
 def test_provenance_records_every_start(ref, tmp_path):
