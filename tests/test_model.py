@@ -233,7 +233,8 @@ def test_lengths_mask_keys_beyond_length(model, params, fwd):
   # Full length: the same change reaches every position (the mask is what blocked it above).
   assert np.abs(logits[3, :10] - logits[2, :10]).max(-1).min() > 1e-3
   # Full length given explicitly equals no lengths at all.
-  np.testing.assert_allclose(logits[2:], fwd[False](params, tokens[2:]), rtol=1e-6, atol=1e-6)
+  # (batches of 4 and 2 rows: fp32 matmul blocking may differ in the last bits)
+  np.testing.assert_allclose(logits[2:], fwd[False](params, tokens[2:]), rtol=1e-5, atol=1e-5)
 
 
 # ---- dropout ------------------------------------------------------------------------------

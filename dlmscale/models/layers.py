@@ -5,6 +5,8 @@ Dropout takes an explicit key so that every jitted function stays a pure functio
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,6 +19,19 @@ def param(key, shape, axes, *, std=None, value=None, dtype=jnp.float32) -> nnx.P
   if std is not None:
     value = std * jax.random.normal(key, shape, dtype)
   return nnx.Param(jnp.asarray(value, dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+def linear(x, w, contract: int = 1, preferred_element_type=None):
+  """x's last `contract` axes times w's first `contract` axes, as one 2-D matmul.
+
+  Same result as the einsum, but XLA:CPU lays out the backward pass of a 2-D dot without the
+  transposed copies it makes for an einsum over [B, L, ...] (1.6x faster SwiGLU fwd + bwd)."""
+  lead, inner = x.shape[:x.ndim - contract], x.shape[x.ndim - contract:]
+  if w.shape[:contract] != inner:
+    raise ValueError(f"linear: {x.shape} does not contract with {w.shape}")
+  out = jnp.dot(x.reshape(-1, math.prod(inner)), w.reshape(math.prod(inner), -1),
+                preferred_element_type=preferred_element_type)
+  return out.reshape(*lead, *w.shape[contract:])
 
 
 def dropout(x, rate: float, key):
@@ -133,9 +148,9 @@ class Attention(nnx.Module):
   def _project(self, x_BxLxD, positions):
     """q [B, L, N, H], k and v [B, L, K, H] in x's dtype, q and k normed and rotated."""
     cfg, dt = self.cfg, x_BxLxD.dtype
-    q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
-    k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
-    v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
+    q = linear(x_BxLxD, self.wq[...].astype(dt))
+    k = linear(x_BxLxD, self.wk[...].astype(dt))
+    v = linear(x_BxLxD, self.wv[...].astype(dt))
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     return rope(q, positions, cfg.rope_base), rope(k, positions, cfg.rope_base), v
@@ -145,7 +160,7 @@ class Attention(nnx.Module):
     kh, h = v_BxSxKxH.shape[2], v_BxSxKxH.shape[3]
     probs = probs_BxNxLxS.reshape(b, kh, n // kh, l, -1)
     out_BxLxNxH = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH).reshape(b, l, n, h)
-    return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(v_BxSxKxH.dtype))
+    return linear(out_BxLxNxH, self.wo[...].astype(v_BxSxKxH.dtype), contract=2)
 
   def __call__(self, x_BxLxD, *, causal, lengths_B, dropout_rate, key):
     q, k, v = self._project(x_BxLxD, jnp.arange(x_BxLxD.shape[1]))
@@ -154,7 +169,7 @@ class Attention(nnx.Module):
       out_BxLxNxH = jax.nn.dot_product_attention(
           q, k, v, is_causal=causal, implementation=impl,
           key_value_seq_lengths=None if lengths_B is None else lengths_B.astype(jnp.int32))
-      return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype))
+      return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
     probs_BxNxLxS = attention_weights(q, k, causal=causal, lengths_B=lengths_B)
     probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(x_BxLxD.dtype)
     return self._output(probs_BxNxLxS, v)
@@ -196,7 +211,7 @@ class Attention(nnx.Module):
                                   preferred_element_type=jnp.float32)
       start += s
     out_BxTxNxH = out_BxKxGxTxH.astype(x_BxTxD.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-    y_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.wo[...].astype(x_BxTxD.dtype))
+    y_BxTxD = linear(out_BxTxNxH, self.wo[...].astype(x_BxTxD.dtype), contract=2)
     return y_BxTxD, k_BxKxTxH, v_BxKxTxH
 
 
@@ -212,7 +227,7 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x_BxLxD, *, dropout_rate=0.0, key=None):
     dt = x_BxLxD.dtype
-    gate_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.w_gate[...].astype(dt))
-    up_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.w_up[...].astype(dt))
+    gate_BxLxF = linear(x_BxLxD, self.w_gate[...].astype(dt))
+    up_BxLxF = linear(x_BxLxD, self.w_up[...].astype(dt))
     h_BxLxF = dropout(jax.nn.silu(gate_BxLxF) * up_BxLxF, dropout_rate, key)
-    return jnp.einsum("blf,fd->bld", h_BxLxF, self.w_down[...].astype(dt))
+    return linear(h_BxLxF, self.w_down[...].astype(dt))
