@@ -21,6 +21,11 @@ a request's estimate does not depend on its batch, row, padding or `samples_per_
 
 Unsupervised classifier-free guidance (weight w > 0): logits = (1 + w) logits(x) - w logits(x
 with the context replaced by mask tokens), before the log-softmax (SMDM / LLaDA).
+
+Only continuation positions are ever scored, so the network runs without its head and the
+vocabulary projection (fp32) covers a static window of `max_cont_len` positions after each row's
+cont_start, not all L: with a 50k-151k vocabulary and short continuations that is most of the
+head's FLOPs and nearly all of the [rows, L, V] logits memory.
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ import jax.numpy as jnp
 
 from dlmscale.corruption import mask_tokens
 from dlmscale.errors import ConfigError
+from dlmscale.models.cross_entropy import HeadInput
 from dlmscale.objectives import token_cross_entropy
+from dlmscale.parallel import constrain
 
 ESTIMATORS = ("iid", "fixed_count", "chain")
 
@@ -58,30 +65,51 @@ def ar_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B):
   return ((logp_BxL1 * scored_BxL1).sum(-1), jnp.all(hit_BxL1 | ~scored_BxL1, axis=-1))
 
 
-def guided_logits(model, params, inputs_BxL, context_BxL, lengths_B, *, mask_id: int,
+def window_positions(cont_start_B, window: int, length: int):
+  """[B, W] positions cont_start + w, clipped to the row: the head runs only on these."""
+  return jnp.minimum(cont_start_B[:, None] + jnp.arange(window)[None], length - 1)
+
+
+def _project(head: HeadInput, pos_BxW):
+  """fp32 logits [B, W, V] at the given positions only (the vocabulary projection dominates the
+  forward pass's FLOPs when V is large and the continuation short)."""
+  x_BxWxD = jnp.take_along_axis(head.x_BxLxD, pos_BxW[..., None], axis=1)
+  logits_BxWxV = jnp.einsum("bwd,dv->bwv", x_BxWxD, head.w_DxV,
+                            preferred_element_type=jnp.float32)
+  return constrain(logits_BxWxV, ("batch", None, "vocab"))
+
+
+def guided_logits(model, params, inputs_BxL, context_BxL, lengths_B, pos_BxW, *, mask_id: int,
                   cfg_scale: float):
-  """Bidirectional logits [B, L, V]; with weight w > 0: (1+w) cond - w uncond (context masked)."""
+  """Bidirectional logits [B, W, V] at pos_BxW; with weight w > 0: (1+w) cond - w uncond (the
+  context masked)."""
   if cfg_scale == 0:
-    return model.apply(params, inputs_BxL, causal=False, lengths_B=lengths_B)[0]
+    head, _ = model.apply(params, inputs_BxL, causal=False, lengths_B=lengths_B, head=False)
+    return _project(head, pos_BxW)
   b, l = inputs_BxL.shape
   uncond_BxL = jnp.where(context_BxL, mask_id, inputs_BxL)
   # Interleaved rows keep each request's two passes on the device that holds the request.
   both_2BxL = jnp.stack([inputs_BxL, uncond_BxL], axis=1).reshape(2 * b, l)
-  logits_2BxLxV, _ = model.apply(params, both_2BxL, causal=False,
-                                 lengths_B=jnp.repeat(lengths_B, 2))
-  logits_Bx2xLxV = logits_2BxLxV.reshape(b, 2, l, -1)
-  return (1 + cfg_scale) * logits_Bx2xLxV[:, 0] - cfg_scale * logits_Bx2xLxV[:, 1]
+  head, _ = model.apply(params, both_2BxL, causal=False, lengths_B=jnp.repeat(lengths_B, 2),
+                        head=False)
+  logits_Bx2xWxV = _project(head, jnp.repeat(pos_BxW, 2, axis=0)).reshape(b, 2, *pos_BxW.shape[1:],
+                                                                         -1)
+  return (1 + cfg_scale) * logits_Bx2xWxV[:, 0] - cfg_scale * logits_Bx2xWxV[:, 1]
 
 
 def masked_logprobs(model, params, tokens_BxL, masked_BxL, cont_start_B, lengths_B, *,
-                    mask_id: int, cfg_scale: float):
-  """Per-position log p(target) [B, L] with `masked_BxL` positions replaced by the mask id, and
-  the argmax ids [B, L]."""
-  context_BxL = jnp.arange(tokens_BxL.shape[1])[None] < cont_start_B[:, None]
+                    window: int, mask_id: int, cfg_scale: float, with_argmax: bool = False):
+  """log p(target) [B, W] at positions cont_start + w (w < window) with `masked_BxL` positions
+  replaced by the mask id, and (with_argmax) the argmax ids [B, W], else None."""
+  l = tokens_BxL.shape[1]
+  context_BxL = jnp.arange(l)[None] < cont_start_B[:, None]
   inputs_BxL = mask_tokens(tokens_BxL, masked_BxL, mask_id).inputs_BxL
-  logits_BxLxV = guided_logits(model, params, inputs_BxL, context_BxL, lengths_B,
+  pos_BxW = window_positions(cont_start_B, window, l)
+  logits_BxWxV = guided_logits(model, params, inputs_BxL, context_BxL, lengths_B, pos_BxW,
                                mask_id=mask_id, cfg_scale=cfg_scale)
-  return -token_cross_entropy(logits_BxLxV, tokens_BxL), jnp.argmax(logits_BxLxV, axis=-1)
+  targets_BxW = jnp.take_along_axis(tokens_BxL, pos_BxW, axis=1)
+  logp_BxW = -token_cross_entropy(logits_BxWxV, targets_BxW)
+  return logp_BxW, (jnp.argmax(logits_BxWxV, axis=-1) if with_argmax else None)
 
 
 def _position_uniforms(key, rel_pos_L):
@@ -131,21 +159,33 @@ def dlm_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B, reques
   argmax equals the target at every continuation position) and samples_BxS (per-sample values;
   for 'chain', the per-pass log-probabilities). Each forward pass holds B * samples_per_pass rows
   (twice that with guidance); 'chain' makes ceil(max_cont_len / samples_per_pass) such passes,
-  the others num_samples / samples_per_pass (which must divide)."""
+  the others num_samples / samples_per_pass (which must divide).
+
+  max_cont_len (default: L) is the window W of positions after cont_start where logits are
+  computed, so it must hold every row's continuation: a longer one gives NaN, never a silently
+  truncated bound."""
   check_estimator(estimator)
   b, l = tokens_BxL.shape
   g = samples_per_pass
+  w = max_cont_len or l
   cont_BxL = continuation_mask(cont_start_B, lengths_B, l)
   cont_len_B = cont_BxL.sum(-1)
-  kw = dict(mask_id=mask_id, cfg_scale=cfg_scale)
+  # Masks are drawn in window coordinates (position w is continuation token w); draws depend
+  # on the continuation-relative position only, so this is the same draw as on the full row.
+  cont_BxW = jnp.arange(w)[None] < cont_len_B[:, None]
+  zeros_B = jnp.zeros_like(cont_start_B)
+  # Full-row index of window position w, for carrying a window mask back onto the row.
+  rel_BxL = jnp.clip(jnp.arange(l)[None] - cont_start_B[:, None], 0, w - 1)
+  kw = dict(window=w, mask_id=mask_id, cfg_scale=cfg_scale)
   # One pass with the whole continuation masked: greedy, and the exact single-token score.
-  full_logp_BxL, argmax_BxL = masked_logprobs(model, params, tokens_BxL, cont_BxL, cont_start_B,
-                                              lengths_B, **kw)
-  greedy_B = jnp.all((argmax_BxL == tokens_BxL) | ~cont_BxL, axis=-1)
-  single_B = (full_logp_BxL * cont_BxL).sum(-1)
+  full_logp_BxW, argmax_BxW = masked_logprobs(model, params, tokens_BxL, cont_BxL, cont_start_B,
+                                              lengths_B, with_argmax=True, **kw)
+  targets_BxW = jnp.take_along_axis(tokens_BxL, window_positions(cont_start_B, w, l), axis=1)
+  greedy_B = jnp.all((argmax_BxW == targets_BxW) | ~cont_BxW, axis=-1)
+  single_B = (full_logp_BxW * cont_BxW).sum(-1)
 
   if estimator == "chain":
-    num_draws = -(-(max_cont_len or l) // g) * g
+    num_draws = -(-w // g) * g
   elif num_samples % g:
     raise ConfigError(f"samples_per_pass={g} does not divide num_samples={num_samples}: pick a "
                       "divisor")
@@ -155,12 +195,13 @@ def dlm_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B, reques
   tile = lambda x_B: jnp.repeat(x_B, g, axis=0)
 
   def one_pass(_, draws_G):
-    masked_BxGxL, scored_BxGxL, weight_BxG = sample_masks(
-        estimator, row_keys_B, draws_G, cont_BxL, cont_start_B, num_samples=num_samples, eps=eps)
-    logp_BGxL, _ = masked_logprobs(model, params, tile(tokens_BxL),
-                                   masked_BxGxL.reshape(b * g, l), tile(cont_start_B),
-                                   tile(lengths_B), **kw)
-    value_BxG = (logp_BGxL.reshape(b, g, l) * scored_BxGxL).sum(-1) * weight_BxG
+    masked_BxGxW, scored_BxGxW, weight_BxG = sample_masks(
+        estimator, row_keys_B, draws_G, cont_BxW, zeros_B, num_samples=num_samples, eps=eps)
+    masked_BGxL = (jnp.take_along_axis(masked_BxGxW.reshape(b * g, w), tile(rel_BxL), axis=1)
+                   & tile(cont_BxL))
+    logp_BGxW, _ = masked_logprobs(model, params, tile(tokens_BxL), masked_BGxL,
+                                   tile(cont_start_B), tile(lengths_B), **kw)
+    value_BxG = (logp_BGxW.reshape(b, g, w) * scored_BxGxW).sum(-1) * weight_BxG
     return None, value_BxG
 
   _, values_PxBxG = jax.lax.scan(one_pass, None, jnp.arange(num_draws).reshape(-1, g))
@@ -172,6 +213,8 @@ def dlm_loglikelihood(model, params, tokens_BxL, cont_start_B, lengths_B, reques
     stderr_B = (samples_BxS.std(-1, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1
                 else jnp.full((b,), jnp.nan, jnp.float32))
   exact_B = cont_len_B <= 1
-  return {"mean_B": jnp.where(exact_B, single_B, mean_B),
-          "stderr_B": jnp.where(exact_B, 0.0, stderr_B), "greedy_B": greedy_B,
-          "samples_BxS": samples_BxS}
+  fits_B = cont_len_B <= w
+  mean_B = jnp.where(exact_B, single_B, mean_B)
+  return {"mean_B": jnp.where(fits_B, mean_B, jnp.nan),
+          "stderr_B": jnp.where(fits_B, jnp.where(exact_B, 0.0, stderr_B), jnp.nan),
+          "greedy_B": greedy_B & fits_B, "samples_BxS": samples_BxS}

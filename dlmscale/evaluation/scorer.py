@@ -29,6 +29,9 @@ from dlmscale.errors import ConfigError
 from dlmscale.evaluation import likelihood
 
 _MIN_BUCKET = 8
+# Padded lengths per octave: 4 wastes at most 25% of a batch's FLOPs on padding (powers of two
+# up to 50%) for at most twice the compilations.
+LENGTH_STEPS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +77,25 @@ def _request_id(context: Sequence[int], continuation: Sequence[int]) -> int:
   return zlib.crc32(data)
 
 
-def _bucket(n: int, cap: int) -> int:
-  """Padded length: the next power of two (at least _MIN_BUCKET), at most `cap`."""
-  return min(max(_MIN_BUCKET, 1 << max(n - 1, 0).bit_length()), max(cap, n))
+def _bucket(n: int, cap: int, steps: int = 1) -> int:
+  """Padded length: the next multiple of 2^k / steps above n (2^k <= n - 1 < 2^(k+1)) and of
+  _MIN_BUCKET, at least _MIN_BUCKET, at most `cap` (steps=1: the next power of two)."""
+  below = 1 << max(n - 1, 1).bit_length() - 1
+  step = max(_MIN_BUCKET, below // steps)
+  return min(max(_MIN_BUCKET, -(-n // step) * step), max(cap, n))
+
+
+def dlm_batching(batch_size: int, dp: int, num_samples: int, estimator: str) -> tuple[int, int]:
+  """(requests per batch, samples per pass) of a DLM: the most rows r * g <= batch_size, r a
+  multiple of dp, g dividing num_samples (any g for 'chain'); ties go to the fewest requests
+  (one batch pads every request to its longest)."""
+  best = (dp, 1)
+  for r in range(dp, max(batch_size, dp) + 1, dp):
+    g = max((g for g in range(1, batch_size // r + 1)
+             if estimator == "chain" or num_samples % g == 0), default=0)
+    if r * g > best[0] * best[1]:
+      best = (r, g)
+  return best
 
 
 class Scorer:
@@ -84,7 +103,12 @@ class Scorer:
 
   batch_size is the number of sequences per forward pass: AR scores that many requests at once; a
   DLM scores data_parallel_size (or more) requests with several mask samples each per pass (twice
-  the rows with guidance). estimator, num_samples and cfg_scale apply to DLMs; AR is exact."""
+  the rows with guidance), as many rows as fit (dlm_batching). estimator, num_samples and
+  cfg_scale apply to DLMs; AR is exact.
+
+  forward_passes records the work done, one (rows, padded_length, head_positions, count) per
+  batch and kind of pass (head_positions: per row, where logits are computed), for cost
+  accounting (benchmarks/scoring_throughput.py)."""
 
   def __init__(self, lm, *, estimator: str = "fixed_count", num_samples: int = 128,
                cfg_scale: float = 0.0, batch_size: int = 32, seed: int = 0):
@@ -103,12 +127,11 @@ class Scorer:
       self._requests_per_batch = -(-batch_size // dp) * dp
       self._samples_per_pass = 1
     else:
-      draws = num_samples if estimator != "chain" else batch_size
-      self._requests_per_batch = max(dp, batch_size // draws // dp * dp)
-      per_pass = max(1, batch_size // self._requests_per_batch)
-      self._samples_per_pass = max(g for g in range(1, per_pass + 1)
-                                   if estimator == "chain" or num_samples % g == 0)
+      self._requests_per_batch, self._samples_per_pass = dlm_batching(batch_size, dp, num_samples,
+                                                                      estimator)
+    self._length_steps = LENGTH_STEPS
     self._compiled: dict = {}
+    self.forward_passes: list[tuple[int, int, int, int]] = []
 
   # --- public API -------------------------------------------------------------------------------
 
@@ -169,7 +192,7 @@ class Scorer:
     rows = self._requests_per_batch
     longest = max(len(c) + len(x) for c, x in batch)
     # An AR row may hold seq_len + 1 tokens: causal attention never lets the last one matter.
-    length = _bucket(longest, lm.seq_len + (lm.kind == "ar"))
+    length = _bucket(longest, lm.seq_len + (lm.kind == "ar"), self._length_steps)
     tokens = np.zeros((rows, length), np.int32)
     cont_start, lengths = np.ones(rows, np.int32), np.full(rows, 2, np.int32)
     ids = np.zeros(rows, np.uint32)
@@ -180,10 +203,16 @@ class Scorer:
     if lm.kind == "ar":
       logprob, greedy = self._function()(lm.params, *args)
       stderr = np.zeros(rows)
+      self.forward_passes.append((rows, length, length, 1))
     else:
-      # Only the chain's pass count depends on the continuation length.
-      max_cont = _bucket(max(len(x) for _, x in batch), length) if self.estimator == "chain" else 0
-      out = self._function(max_cont)(lm.params, *args, *self._place_1d(ids))
+      # Logits are computed on this window after each context (and the chain makes one pass per
+      # window position); a power of two keeps the compilations few.
+      window = _bucket(max(len(x) for _, x in batch), length)
+      out = self._function(window)(lm.params, *args, *self._place_1d(ids))
+      g, guided = self._samples_per_pass, 1 + (self.cfg_scale > 0)
+      passes = -(-window // g) if self.estimator == "chain" else self.num_samples // g
+      self.forward_passes += [(rows * guided, length, window, 1),
+                              (rows * g * guided, length, window, passes)]
       logprob, stderr, greedy = out["mean_B"], out["stderr_B"], out["greedy_B"]
     logprob, stderr, greedy = (np.asarray(jax.device_get(a)) for a in (logprob, stderr, greedy))
     return [LogLikelihood(logprob=float(logprob[r]) if x else 0.0,
