@@ -211,6 +211,55 @@ def test_ar_greedy_is_true_for_a_greedy_decoded_continuation(model_and_params):
   assert greedy.tolist() == [True, False]
 
 
+def _full_logits_samples(model, params, estimator, num_draws, cfg_scale, seed=0):
+  """Reference per-sample values through the full [rows, L, V] logits (the pre-window path):
+  masks drawn on the full rows, every position projected, then only the scored ones summed."""
+  l = TOKENS.shape[1]
+  cont_BxL = likelihood.continuation_mask(jnp.asarray(CONT_START), jnp.asarray(LENGTHS), l)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(IDS))
+  masked, scored, weight = likelihood.sample_masks(
+      estimator, keys, jnp.arange(num_draws), cont_BxL, jnp.asarray(CONT_START),
+      num_samples=num_draws, eps=1e-3)
+  b, s = weight.shape
+  inputs = jnp.where(masked, MASK, jnp.asarray(TOKENS)[:, None]).reshape(b * s, l)
+  lengths = jnp.repeat(jnp.asarray(LENGTHS), s)
+  logits = model.apply(params, inputs, causal=False, lengths_B=lengths)[0]
+  if cfg_scale:
+    context = (jnp.arange(l)[None] < jnp.repeat(jnp.asarray(CONT_START), s)[:, None])
+    uncond = model.apply(params, jnp.where(context, MASK, inputs), causal=False,
+                         lengths_B=lengths)[0]
+    logits = (1 + cfg_scale) * logits - cfg_scale * uncond
+  targets = jnp.repeat(jnp.asarray(TOKENS), s, axis=0)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  return (logp.reshape(b, s, l) * scored).sum(-1) * weight
+
+
+@pytest.mark.parametrize("estimator,cfg_scale", [("iid", 0.7), ("fixed_count", 0.0),
+                                                 ("chain", 0.0)])
+def test_head_on_the_window_equals_the_full_logits(model_and_params, estimator, cfg_scale):
+  model, params = model_and_params
+  # 2 samples per pass: the window's masks are carried back onto tiled rows ('chain': 4 passes
+  # of 1, the setting other tests compile).
+  g = 1 if estimator == "chain" else 2
+  out = _score(model, params, estimator, num_samples=g * 2, samples_per_pass=g,
+               cfg_scale=cfg_scale)
+  ref = jax.jit(lambda p: _full_logits_samples(model, p, estimator, 4, cfg_scale))
+  np.testing.assert_allclose(out["samples_BxS"], np.asarray(ref(params)), rtol=1e-5, atol=1e-5)
+
+
+def test_window_at_the_row_end_and_a_continuation_longer_than_the_window(model_and_params):
+  model, params = model_and_params
+  # Row 0 ends at L = 8: window positions 5, 6, 7 and 7 again (clipped). Row 1's 6-token
+  # continuation exceeds the window (max_cont_len=4): NaN, never a truncated bound.
+  tokens = np.array([[1, 2, 0, 3, 1, 0, 2, 1], [2, 2, 1, 3, 0, 1, 2, 3]], np.int32)
+  out = _score(model, params, "chain", tokens=tokens, cont_start=np.array([5, 1]),
+               lengths=np.array([8, 7]))
+  row = tokens[0]
+  expected = sum(_bidirectional_logp(model, params, row, range(i, 8))[i] for i in range(5, 8))
+  assert out["mean_B"][0] == pytest.approx(expected, rel=1e-5)
+  assert np.isnan(out["mean_B"][1]) and np.isnan(out["stderr_B"][1]) and not out["greedy_B"][1]
+
+
 def test_unknown_estimator_is_a_config_error(model_and_params):
   model, params = model_and_params
   with pytest.raises(ConfigError, match="unknown DLM likelihood estimator 'elbo'"):

@@ -9,7 +9,8 @@ from dlmscale import parallel
 from dlmscale.data.tokenizers.byte import ByteTokenizer
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.loaded import LoadedModel
-from dlmscale.evaluation.scorer import LogLikelihood, Scorer, encode_pair, rolling_windows
+from dlmscale.evaluation.scorer import (LogLikelihood, Scorer, _bucket, dlm_batching, encode_pair,
+                                       rolling_windows)
 from tests._shared import random_params
 
 SEQ_LEN = 16
@@ -154,3 +155,28 @@ def test_bad_scorer_settings_are_config_errors(model_and_params):
     Scorer(lm, cfg_scale=-1)
   with pytest.raises(ConfigError, match="num_samples=0"):
     Scorer(lm, num_samples=0)
+
+
+def test_dlm_batching_fills_the_batch_with_whole_requests_per_device():
+  assert dlm_batching(48, 1, 128, "iid") == (3, 16)  # not 1 x 32: 48 rows
+  assert dlm_batching(32, 1, 128, "fixed_count") == (1, 32)
+  assert dlm_batching(16, 8, 8, "fixed_count") == (8, 2)
+  assert dlm_batching(64, 1, 8, "iid") == (8, 8)
+  assert dlm_batching(24, 1, 7, "iid") == (24, 1)  # g divides num_samples: 3 x 7 is 21 rows
+  assert dlm_batching(32, 1, 128, "chain") == (1, 32)
+  assert dlm_batching(4, 8, 128, "iid") == (8, 1)  # at least one request per device
+
+
+def test_length_buckets_pad_by_at_most_a_quarter_and_respect_the_cap():
+  for n in range(1, 3000):
+    b = _bucket(n, 4096, 4)
+    assert n <= b and b % 8 == 0 and (n <= 32 or b - n < n / 4), (n, b)
+    assert _bucket(n, 4096) == max(8, 1 << (n - 1).bit_length())  # default: powers of two
+  assert _bucket(130, 150, 4) == 150
+
+
+def test_dlm_logits_only_on_the_continuation_window(dlm_scorer):
+  dlm_scorer.forward_passes.clear()
+  dlm_scorer.loglikelihood([("x" * 12, "ab"), ("y" * 5, "c")])  # 8 rows x 2 samples per pass
+  # One batch padded to 16 (14 tokens), logits on 8 positions: the greedy pass, 4 sample passes.
+  assert dlm_scorer.forward_passes == [(8, 16, 8, 1), (16, 16, 8, 4)]
