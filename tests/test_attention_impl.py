@@ -1,6 +1,7 @@
 """The attention implementations compute the same network: jax.nn.dot_product_attention ('xla',
-the path cuDNN flash attention takes on GPU) equals the explicit einsum path, causal and
-bidirectional, with grouped KV heads and per-row key lengths; the choice per backend."""
+the path cuDNN flash attention takes on GPU) and the per-head 'chunked' path with its
+flash-style backward pass equal the explicit einsum path, causal and bidirectional, with grouped
+KV heads and per-row key lengths (values and gradients); the choice per backend."""
 import dataclasses
 import functools
 
@@ -20,10 +21,10 @@ CFG = ModelConfig(vocab_size=40, num_layers=2, d_model=32, num_heads=4, num_kv_h
                   dtype="float32", scan_layers=True)
 
 
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_dot_product_attention_equals_einsum_path(causal):
-  models = {impl: build_model(dataclasses.replace(CFG, attention=impl))
-            for impl in ("einsum", "xla")}
+def test_attention_impl_equals_einsum_path(causal, impl):
+  models = {i: build_model(dataclasses.replace(CFG, attention=i)) for i in ("einsum", impl)}
   params = random_params(models["einsum"], seed=1)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (3, 12)), jnp.int32)
   lengths = None if causal else jnp.asarray([12, 7, 1], jnp.int32)
@@ -39,7 +40,7 @@ def test_dot_product_attention_equals_einsum_path(causal):
   out = {impl: jax.jit(functools.partial(loss_and_grad, m), compiler_options=FAST)(params)
          for impl, m in models.items()}
   (_, logits), grads = out["einsum"]
-  (_, x_logits), x_grads = out["xla"]
+  (_, x_logits), x_grads = out[impl]
   if lengths is not None:  # keys past a row's length are masked, so those rows' queries differ
     assert float(jnp.abs(logits[2] - logits[0]).max()) > 1e-3
   np.testing.assert_allclose(x_logits, logits, rtol=1e-5, atol=1e-5)
@@ -49,7 +50,8 @@ def test_dot_product_attention_equals_einsum_path(causal):
 
 
 def test_choice_per_backend_and_errors():
-  assert attention_impl("auto", jnp.float32, 64, 0.0) == "einsum"  # CPU (this test machine)
+  assert attention_impl("auto", jnp.float32, 64, 0.0) == "chunked"  # CPU (this test machine)
+  assert attention_impl("auto", jnp.float32, 64, 0.1) == "einsum"
   assert attention_impl("xla", jnp.float32, 64, 0.1) == "einsum"  # dropout needs the probs
   assert attention_impl("xla", jnp.float32, 64, 0.0) == "xla"
   with pytest.raises(ConfigError, match="model.attention"):

@@ -83,12 +83,19 @@ def _merge(a_NxBxC_, l: int):
 
 
 def _chunk_stats(x_BxCxD, w_DxV, t_BxC):
-  """fp32 logits, their logsumexp, ce and argmax hits for one chunk."""
-  logits_BxCxV = jnp.einsum("bcd,dv->bcv", x_BxCxD, w_DxV, preferred_element_type=jnp.float32)
-  lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
-  label_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
-  hit_BxC = jnp.argmax(logits_BxCxV, axis=-1) == t_BxC
-  return logits_BxCxV, lse_BxC, lse_BxC - label_BxC, hit_BxC
+  """One chunk's fp32 logits shifted by their max, the sum of their exps, ce and argmax hits.
+
+  The max and the exps are computed once and shared by the logsumexp, the hit test and the
+  softmax of the gradient. A hit is `label logit == max logit` (the argmax, up to exact ties)."""
+  b, c, d = x_BxCxD.shape
+  logits_BxCxV = jnp.dot(x_BxCxD.reshape(b * c, d), w_DxV,
+                         preferred_element_type=jnp.float32).reshape(b, c, -1)
+  max_BxC = jnp.max(logits_BxCxV, axis=-1)
+  shifted_BxCxV = logits_BxCxV - max_BxC[..., None]
+  exp_BxCxV = jnp.exp(shifted_BxCxV)
+  sum_BxC = jnp.sum(exp_BxCxV, axis=-1)
+  label_BxC = jnp.take_along_axis(shifted_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
+  return exp_BxCxV, sum_BxC, jnp.log(sum_BxC) - label_BxC, label_BxC >= 0
 
 
 def _forward(x_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk, with_grad: bool):
@@ -97,16 +104,17 @@ def _forward(x_BxLxD, w_DxV, targets_BxL, weights_BxL, chunk, with_grad: bool):
 
   def body(dw_DxV, xs):
     x_BxCxD, t_BxC, wt_BxC = xs
-    logits_BxCxV, lse_BxC, ce_BxC, hit_BxC = _chunk_stats(x_BxCxD, w_DxV, t_BxC)
+    exp_BxCxV, sum_BxC, ce_BxC, hit_BxC = _chunk_stats(x_BxCxD, w_DxV, t_BxC)
     if not with_grad:
       return dw_DxV, (ce_BxC, hit_BxC)
     # d(sum wt * ce)/d logits = wt * (softmax - onehot(target)).
-    probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+    b, c, d = x_BxCxD.shape
     onehot_BxCxV = jax.nn.one_hot(t_BxC, w_DxV.shape[1], dtype=jnp.float32)
-    g_BxCxV = ((probs_BxCxV - onehot_BxCxV) * wt_BxC[..., None]).astype(x_BxCxD.dtype)
-    dx_BxCxD = jnp.einsum("bcv,dv->bcd", g_BxCxV, w_DxV)
-    dw_DxV = dw_DxV + jnp.einsum("bcd,bcv->dv", x_BxCxD, g_BxCxV,
-                                 preferred_element_type=jnp.float32)
+    g_BxCxV = (exp_BxCxV * (wt_BxC / sum_BxC)[..., None]
+               - onehot_BxCxV * wt_BxC[..., None]).astype(x_BxCxD.dtype)
+    g_BCxV, x_BCxD = g_BxCxV.reshape(b * c, -1), x_BxCxD.reshape(b * c, d)
+    dx_BxCxD = jnp.dot(g_BCxV, w_DxV.T).reshape(b, c, d)
+    dw_DxV = dw_DxV + jnp.dot(x_BCxD.T, g_BCxV, preferred_element_type=jnp.float32)
     return dw_DxV, (ce_BxC, hit_BxC, dx_BxCxD)
 
   dw0 = jnp.zeros(w_DxV.shape, jnp.float32)

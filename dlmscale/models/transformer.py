@@ -46,7 +46,7 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
   scan_layers: bool = True
   remat: str = "none"
-  attention: str = "auto"  # training attention: layers.attention_impl (auto, einsum, xla, cudnn)
+  attention: str = "auto"  # training attention: layers.attention_impl (auto, einsum, chunked, ...)
   dropout_attention: float = 0.0
   dropout_residual: float = 0.0
   dropout_mlp: float = 0.0

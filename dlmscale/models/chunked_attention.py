@@ -1,0 +1,112 @@
+"""Softmax attention one KV head at a time, with a flash-style backward pass (for CPUs).
+
+The einsum path materialises fp32 [B, N, L, S] scores and probabilities for all heads at once and
+then sweeps them through memory a dozen times (mask, max, exp, sum, divide, and as many again in
+the backward pass); on a CPU those sweeps, not the matmuls, are most of attention's cost. Here a
+lax.map over the K kv heads keeps each step's [B, G, L, S] tile small enough to stay in cache,
+the forward pass saves only the output and the per-row logsumexp, and the backward pass
+recomputes each head's probabilities from them (dS = P * (dP - rowsum(dO * O))), so nothing of
+size L x S is stored between the passes. Same function as the einsum path (fp32 scores and
+softmax, probabilities cast to the value dtype for P @ V); no dropout on the probabilities.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MASKED = float(np.finfo(np.float32).min)  # as the einsum path: a row with no keys is uniform
+
+
+def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B=None, *, causal: bool):
+  """Attention output [B, L, N, H]; keys at or past lengths_B[b] are masked for row b."""
+  b, s = q_BxLxNxH.shape[0], k_BxSxKxH.shape[1]
+  if lengths_B is None:
+    lengths_B = jnp.full((b,), s, jnp.int32)
+  return _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B.astype(jnp.int32), causal)
+
+
+def _query_major(x_BxLxNxH, kh: int):
+  """[B, L, N, H] -> [K, B, G, L, H]: a kv head's G query heads together, one map step each."""
+  b, l, n, h = x_BxLxNxH.shape
+  return x_BxLxNxH.reshape(b, l, kh, n // kh, h).transpose(2, 0, 3, 1, 4)
+
+
+def _query_back(x_KxBxGxLxH):
+  """Inverse of _query_major."""
+  kh, b, g, l, h = x_KxBxGxLxH.shape
+  return x_KxBxGxLxH.transpose(1, 3, 0, 2, 4).reshape(b, l, kh * g, h)
+
+
+def _scores(q_BxGxLxH, k_BxSxH, lengths_B, causal: bool):
+  """Scaled, masked fp32 scores [B, G, L, S] of one kv head."""
+  l, s, h = q_BxGxLxH.shape[2], k_BxSxH.shape[1], q_BxGxLxH.shape[3]
+  scores = jnp.einsum("bglh,bsh->bgls", q_BxGxLxH, k_BxSxH,
+                      preferred_element_type=jnp.float32) / math.sqrt(h)
+  allowed_BxLxS = jnp.arange(s)[None, None, :] < lengths_B[:, None, None]
+  if causal:
+    allowed_BxLxS = allowed_BxLxS & jnp.tril(jnp.ones((l, s), bool))[None]
+  return jnp.where(allowed_BxLxS[:, None], scores, _MASKED)
+
+
+def _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
+  kh = k_BxSxKxH.shape[2]
+  q_KxBxGxLxH = _query_major(q_BxLxNxH, kh)
+  k_KxBxSxH, v_KxBxSxH = k_BxSxKxH.transpose(2, 0, 1, 3), v_BxSxKxH.transpose(2, 0, 1, 3)
+
+  def head(args):
+    q, k, v = args
+    scores = _scores(q, k, lengths_B, causal)
+    max_BxGxL = scores.max(-1)
+    exp = jnp.exp(scores - max_BxGxL[..., None])
+    sum_BxGxL = exp.sum(-1)
+    probs = (exp / sum_BxGxL[..., None]).astype(v.dtype)
+    out_BxGxLxH = jnp.einsum("bgls,bsh->bglh", probs, v, preferred_element_type=jnp.float32)
+    return out_BxGxLxH.astype(v.dtype), max_BxGxL + jnp.log(sum_BxGxL)
+
+  out_KxBxGxLxH, lse_KxBxGxL = jax.lax.map(head, (q_KxBxGxLxH, k_KxBxSxH, v_KxBxSxH))
+  return _query_back(out_KxBxGxLxH), lse_KxBxGxL
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
+  return _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal)[0]
+
+
+def _attention_fwd(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
+  out_BxLxNxH, lse_KxBxGxL = _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal)
+  return out_BxLxNxH, (q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, out_BxLxNxH, lse_KxBxGxL)
+
+
+def _attention_bwd(causal, residuals, dout_BxLxNxH):
+  q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, out_BxLxNxH, lse_KxBxGxL = residuals
+  kh = k_BxSxKxH.shape[2]
+  q_KxBxGxLxH, dout_KxBxGxLxH, out_KxBxGxLxH = (
+      _query_major(x, kh) for x in (q_BxLxNxH, dout_BxLxNxH, out_BxLxNxH))
+  k_KxBxSxH, v_KxBxSxH = k_BxSxKxH.transpose(2, 0, 1, 3), v_BxSxKxH.transpose(2, 0, 1, 3)
+  scale = 1.0 / math.sqrt(q_BxLxNxH.shape[3])
+
+  def head(args):
+    q, k, v, lse, dout, out = args
+    probs = jnp.exp(_scores(q, k, lengths_B, causal) - lse[..., None])
+    dout32 = dout.astype(jnp.float32)
+    dv_BxSxH = jnp.einsum("bgls,bglh->bsh", probs, dout32)
+    dprobs = jnp.einsum("bglh,bsh->bgls", dout32, v.astype(jnp.float32))
+    rowsum_BxGxL = jnp.sum(dout32 * out.astype(jnp.float32), axis=-1)
+    dscores = probs * (dprobs - rowsum_BxGxL[..., None]) * scale
+    dq_BxGxLxH = jnp.einsum("bgls,bsh->bglh", dscores, k.astype(jnp.float32))
+    dk_BxSxH = jnp.einsum("bgls,bglh->bsh", dscores, q.astype(jnp.float32))
+    return dq_BxGxLxH, dk_BxSxH, dv_BxSxH
+
+  dq, dk, dv = jax.lax.map(head, (q_KxBxGxLxH, k_KxBxSxH, v_KxBxSxH, lse_KxBxGxL,
+                                  dout_KxBxGxLxH, out_KxBxGxLxH))
+  dq_BxLxNxH = _query_back(dq).astype(q_BxLxNxH.dtype)
+  dk_BxSxKxH = dk.transpose(1, 2, 0, 3).astype(k_BxSxKxH.dtype)
+  dv_BxSxKxH = dv.transpose(1, 2, 0, 3).astype(v_BxSxKxH.dtype)
+  return dq_BxLxNxH, dk_BxSxKxH, dv_BxSxKxH, np.zeros(lengths_B.shape, jax.dtypes.float0)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
