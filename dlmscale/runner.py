@@ -156,6 +156,54 @@ def run_training(exp: Experiment, workdir, *, stop_after: int | None = None) -> 
                      "from the last checkpoint") from None
 
 
+class _Window:
+  """The metrics and timing of the steps since the last log line.
+
+  A log step that saves, evaluates or stops nothing is written one step late, after the next
+  step is dispatched (`flush`), so the host never waits for the device with nothing queued: the
+  metrics are fetched one step behind and the device stays busy while they are written."""
+
+  def __init__(self, exp, writer, pending):
+    self.exp, self.writer = exp, writer
+    self.pending, self.timed, self.start = pending, 0, time.time()
+    self._late = None  # (step, metrics, window start, timed steps) of a window not yet written
+
+  def add(self, metrics, timed: bool) -> None:
+    self.pending.append(metrics)
+    self.timed += timed
+
+  def restart(self) -> None:
+    """Time from now on (after compiling, evaluating)."""
+    self.start = time.time()
+
+  def pause(self, seconds: float) -> None:
+    """Leaves `seconds` of non-training work (a profiler starting) out of tokens/s."""
+    self.start += seconds
+    if self._late:
+      self._late = (*self._late[:2], self._late[2] + seconds, self._late[3])
+
+  def log(self, step: int, *, late: bool) -> None:
+    window = (step, self.pending, self.start, self.timed)
+    self.pending, self.timed = [], 0
+    if late:
+      self._late = window
+    else:
+      self._write(*window)
+
+  def flush(self) -> None:
+    """Writes a late window (call after dispatching the step that follows it)."""
+    if self._late:
+      window, self._late = self._late, None
+      self._write(*window)
+
+  def _write(self, step, pending, start, timed) -> None:
+    values = jax.device_get(pending)  # waits for the window's last step, not the one queued
+    now = time.time()
+    _log_window(self.exp, self.writer, values, now - start, step, self.exp.stream.num_steps,
+                timed)
+    self.start = now
+
+
 def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
   cfg, stream = exp.cfg, exp.stream
   workdir.mkdir(parents=True, exist_ok=True)
@@ -188,23 +236,21 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
     identity = _data_identity(exp)
     # A SIGTERM checkpoint lands mid-window: its steps' metrics travel with it, so the resumed
     # run logs the same window means as one never interrupted.
-    pending = _pending_from_json((data_state or {}).get("pending_metrics"))
-    timed, window_start = 0, time.time()
+    window = _Window(exp, writer, _pending_from_json((data_state or {}).get("pending_metrics")))
     sigterm.phase = f"training {exp.objective}"
     with (sigterm.deferred(), stream.iterator(start, workers=cfg.data.loader_workers) as batches,
           StepProfiler(cfg.train.profile_steps, str(workdir), enabled=main_process) as profiler):
       for step in range(start, end):
         before = time.time()
         profiler.step(step, state)
-        window_start += time.time() - before  # starting or stopping a trace is not training time
+        window.pause(time.time() - before)  # starting or stopping a trace is not training time
         tokens = parallel.place_batch(next(batches), exp.batch_sharding)
         state, metrics = exp.step_fn(state, tokens)
-        pending.append(metrics)
+        window.flush()  # the previous step's late log line, now that this step is queued
+        window.add(metrics, timed=step != start)
         if step == start:  # the first step compiles: keep it out of tokens/s and the ETA
           jax.block_until_ready(metrics)
-          window_start = time.time()
-        else:
-          timed += 1
+          window.restart()
         done = step + 1
         # Read once (SIGTERM may land mid-step); every process must stop at the same step.
         preempted = _any_process(sigterm.raised)
@@ -213,21 +259,19 @@ def _train(exp: Experiment, workdir: epath.Path, stop_after, sigterm) -> dict:
         # Steps before an evaluation are logged first, so none is dropped and none is timed
         # with the evaluation inside its window.
         if done % cfg.train.log_every == 0 or regular_save or evaluate_now:
-          _log_window(exp, writer, jax.device_get(pending), time.time() - window_start, done,
-                      stream.num_steps, timed)
-          pending, timed, window_start = [], 0, time.time()
+          window.log(done, late=not (regular_save or evaluate_now or preempted))
           checkpointer.check()  # a failed asynchronous save stops the run here, not later
         if regular_save or preempted:
           _check_params_finite(state["params"], done, exp.objective)
           extra = {}
-          if pending:
-            values = jax.device_get(pending)
+          if window.pending:
+            values = jax.device_get(window.pending)
             _check_finite(exp, values, done)
             extra["pending_metrics"] = _pending_to_json(values)
           checkpointer.save(done, state, dict(identity, next_step=done, **extra))
         if evaluate_now:
           writer.write(done, _scalars(evaluate(exp, state["params"], done)), prefix="eval")
-          window_start = time.time()  # evaluation time is not training time
+          window.restart()  # evaluation time is not training time
         if preempted and done < end:
           checkpointer.wait()
           failed = False

@@ -261,6 +261,36 @@ def test_sigterm_while_logging_saves_the_step_it_stops_at(tiny_run, ar_exp, tmp_
   assert strip(got) == strip(want)
 
 
+def test_plain_log_lines_are_fetched_one_step_behind(tiny_run, ar_exp, tmp_path, monkeypatch):
+  """A log step that saves nothing is written after the next step is dispatched (the device
+  never idles while the host fetches metrics); a checkpoint step is written before the next
+  dispatch; the records equal the reference run's."""
+  exp, events, step_fn = ar_exp, [], ar_exp.step_fn
+  log_window = runner._log_window
+
+  def dispatch(state, tokens):
+    events.append(("dispatch", sum(e[0] == "dispatch" for e in events)))
+    return step_fn(state, tokens)
+
+  def log(exp_, writer, values, elapsed, step, *rest):
+    events.append(("log", step))
+    assert len(values) == 2 and elapsed > 0  # log_every=2: a whole window, timed
+    log_window(exp_, writer, values, elapsed, step, *rest)
+
+  monkeypatch.setattr(exp, "step_fn", dispatch)
+  monkeypatch.setattr(runner, "_log_window", log)
+  runner.run_training(exp, str(tmp_path / "ar"), stop_after=10)
+  # Steps 2, 6 and 10's windows: logged after dispatching steps 3 and 7 (0-based indices 2, 6);
+  # 4 and 8 save a checkpoint, so they are logged before the next dispatch; 10 is the end.
+  logged_after = {step: events[events.index(("log", step)) - 1] for step in (2, 4, 6, 8, 10)}
+  assert logged_after == {2: ("dispatch", 2), 4: ("dispatch", 3), 6: ("dispatch", 6),
+                          8: ("dispatch", 7), 10: ("dispatch", 9)}
+  strip = lambda recs: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in recs]
+  want = [r for r in read_metrics(str(tiny_run["workdir"] / "ar")) if r["step"] <= 10
+          and "train/loss" in r]
+  assert strip(read_metrics(str(tmp_path / "ar"))) == strip(want)
+
+
 def test_grad_accum_matches_one_big_batch(tiny_run, tmp_path):
   """grad_accum=2 through the runner trains like grad_accum=1 (same data, same math)."""
   cfg = tiny_config(**{"train.grad_accum": 2})
