@@ -30,7 +30,7 @@ CASES = {
     "1b_dp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
     "1b_fsdp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.FSDP, "full"),
     "8b_fsdp_remat": (models.DENSE_8B, 1024, "v5p-128", meshes.FSDP, "full"),
-    # 8B1A as experiments/moe_1b.py ships it (capacity dispatch, data x expert 8), and variants.
+    # 8B1A (data x expert 8) with each dispatch; experiments/moe_1b.py ships dropless_gather.
     "8b1a_capacity": (dict(models.PAPER_8B1A, moe_dispatch="capacity"), 256, "v5p-64",
                       EXPERT8, "full"),
     "8b1a_dropless": (dict(models.PAPER_8B1A, moe_dispatch="dropless"), 256, "v5p-64",

@@ -10,10 +10,13 @@ routed experts; 8,282,295,552 non-embedding.
 Recipe as experiments/dense_1b.py (sequence 2048, global batch 256: the paper's batch follows the
 ~1B active size; AdamW + WSD, bf16, full remat; 1B unique tokens x 96 epochs); objectives ar and
 mdm, one with --config.objectives=mdm. Default mesh: expert axis 8 (12 experts per chip), data
-over the rest; the batch is split over both. Capacity dispatch (factor 1.25) by default: compile
-mode (v5p-64, data 4 x expert 8, 8 sequences per chip) fits it in 38.0 GiB per chip (ar), and
-fsdp 4 x expert 8 in 18.6 GiB, while dropless needs 102 GiB of temporaries (XLA's TPU ragged_dot
-seems to run every expert on every token; BENCHMARKS.md "TPU compile"):
+over the rest; the batch is split over both. Dropless dispatch built for TPU by default
+(`dropless_gather`: each chip's assignments sorted by expert through megablox's grouped matmul
+under shard_map, dlmscale/models/moe_tpu.py), so no token is dropped: compile mode (v5p-64,
+data 4 x expert 8, 8 sequences per chip) fits it in 38.9 GiB per chip (ar), about what capacity
+dispatch (factor 1.25, `--config.model.moe_dispatch=capacity`) needs (38.0 GiB), while plain
+`dropless` needs 102 GiB of temporaries (XLA's TPU ragged_dot runs every expert on every token;
+BENCHMARKS.md "Dropless MoE on TPU"):
   python -m dlmscale.main --config=experiments/moe_1b.py --mode=compile --topology=v5p-64
 
 On a TPU VM (every host runs the same command):
@@ -33,5 +36,5 @@ def get_config(arg=None):
               "the sparse study's runs on C4: --config=experiments/sparse_dense.py:"
               "model=8B1A,objective=mdm,scale=paper")
   c = study_config(models.PAPER_8B1A, GLOBAL_BATCH, dict(data=-1, fsdp=1, tensor=1, expert=8))
-  c.model.moe_dispatch = "capacity"
+  c.model.moe_dispatch = "dropless_gather"
   return c
