@@ -7,7 +7,9 @@ lax.map over the K kv heads keeps each step's [B, G, L, S] tile small enough to 
 the forward pass saves only the output and the per-row logsumexp, and the backward pass
 recomputes each head's probabilities from them (dS = P * (dP - rowsum(dO * O))), so nothing of
 size L x S is stored between the passes. Same function as the einsum path (fp32 scores and
-softmax, probabilities cast to the value dtype for P @ V); no dropout on the probabilities.
+softmax, probabilities cast to the value dtype for P @ V). Dropout on the probabilities draws
+each kv head's mask from the key folded with the head's index, and the backward pass draws it
+again (so its masks differ from the einsum path's, with the same distribution).
 """
 from __future__ import annotations
 
@@ -18,15 +20,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlmscale.models.dropout import keep_mask
+
 _MASKED = float(np.finfo(np.float32).min)  # as the einsum path: a row with no keys is uniform
 
 
-def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B=None, *, causal: bool):
-  """Attention output [B, L, N, H]; keys at or past lengths_B[b] are masked for row b."""
+def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B=None, *, causal: bool,
+              dropout_rate: float = 0.0, key=None):
+  """Attention output [B, L, N, H]; keys at or past lengths_B[b] are masked for row b; dropout
+  at `dropout_rate` on the probabilities when a key is given."""
   b, s = q_BxLxNxH.shape[0], k_BxSxKxH.shape[1]
   if lengths_B is None:
     lengths_B = jnp.full((b,), s, jnp.int32)
-  return _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B.astype(jnp.int32), causal)
+  drop = None
+  if dropout_rate and key is not None:  # raw key bits: an integer input of the custom VJP
+    drop = (dropout_rate, jax.random.key_impl(key))
+    key = jax.random.key_data(key)
+  else:
+    key = None
+  return _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B.astype(jnp.int32), key, causal,
+                    drop)
+
+
+def _head_keep(key_data, drop, head, shape):
+  """The keep mask of one kv head's probabilities, or None without dropout."""
+  if key_data is None:
+    return None
+  rate, impl = drop
+  key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=impl), head)
+  return keep_mask(key, rate, shape)
 
 
 def _query_major(x_BxLxNxH, kh: int):
@@ -52,37 +74,44 @@ def _scores(q_BxGxLxH, k_BxSxH, lengths_B, causal: bool):
   return jnp.where(allowed_BxLxS[:, None], scores, _MASKED)
 
 
-def _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
+def _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, drop):
   kh = k_BxSxKxH.shape[2]
   q_KxBxGxLxH = _query_major(q_BxLxNxH, kh)
   k_KxBxSxH, v_KxBxSxH = k_BxSxKxH.transpose(2, 0, 1, 3), v_BxSxKxH.transpose(2, 0, 1, 3)
 
   def head(args):
-    q, k, v = args
+    q, k, v, index = args
     scores = _scores(q, k, lengths_B, causal)
     max_BxGxL = scores.max(-1)
     exp = jnp.exp(scores - max_BxGxL[..., None])
     sum_BxGxL = exp.sum(-1)
-    probs = (exp / sum_BxGxL[..., None]).astype(v.dtype)
-    out_BxGxLxH = jnp.einsum("bgls,bsh->bglh", probs, v, preferred_element_type=jnp.float32)
+    probs = exp / sum_BxGxL[..., None]
+    keep = _head_keep(key_data, drop, index, probs.shape)
+    if keep is not None:
+      probs = jnp.where(keep, probs / (1.0 - drop[0]), 0.0)
+    out_BxGxLxH = jnp.einsum("bgls,bsh->bglh", probs.astype(v.dtype), v,
+                             preferred_element_type=jnp.float32)
     return out_BxGxLxH.astype(v.dtype), max_BxGxL + jnp.log(sum_BxGxL)
 
-  out_KxBxGxLxH, lse_KxBxGxL = jax.lax.map(head, (q_KxBxGxLxH, k_KxBxSxH, v_KxBxSxH))
+  out_KxBxGxLxH, lse_KxBxGxL = jax.lax.map(
+      head, (q_KxBxGxLxH, k_KxBxSxH, v_KxBxSxH, jnp.arange(kh)))
   return _query_back(out_KxBxGxLxH), lse_KxBxGxL
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
-  return _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, drop):
+  return _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, drop)[0]
 
 
-def _attention_fwd(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal):
-  out_BxLxNxH, lse_KxBxGxL = _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal)
-  return out_BxLxNxH, (q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, out_BxLxNxH, lse_KxBxGxL)
+def _attention_fwd(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, drop):
+  out_BxLxNxH, lse_KxBxGxL = _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data,
+                                      causal, drop)
+  return out_BxLxNxH, (q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, out_BxLxNxH,
+                       lse_KxBxGxL)
 
 
-def _attention_bwd(causal, residuals, dout_BxLxNxH):
-  q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, out_BxLxNxH, lse_KxBxGxL = residuals
+def _attention_bwd(causal, drop, residuals, dout_BxLxNxH):
+  q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, out_BxLxNxH, lse_KxBxGxL = residuals
   kh = k_BxSxKxH.shape[2]
   q_KxBxGxLxH, dout_KxBxGxLxH, out_KxBxGxLxH = (
       _query_major(x, kh) for x in (q_BxLxNxH, dout_BxLxNxH, out_BxLxNxH))
@@ -90,11 +119,15 @@ def _attention_bwd(causal, residuals, dout_BxLxNxH):
   scale = 1.0 / math.sqrt(q_BxLxNxH.shape[3])
 
   def head(args):
-    q, k, v, lse, dout, out = args
+    q, k, v, lse, dout, out, index = args
     probs = jnp.exp(_scores(q, k, lengths_B, causal) - lse[..., None])
     dout32 = dout.astype(jnp.float32)
-    dv_BxSxH = jnp.einsum("bgls,bglh->bsh", probs, dout32)
-    dprobs = jnp.einsum("bglh,bsh->bgls", dout32, v.astype(jnp.float32))
+    # With dropout Z: out = (Z * P) V, so dV uses the dropped probabilities, dP is Z * dO V^T,
+    # and rowsum(P * dP) is still rowsum(dO * out).
+    keep = _head_keep(key_data, drop, index, probs.shape)
+    scaled = lambda a: a if keep is None else jnp.where(keep, a / (1.0 - drop[0]), 0.0)
+    dv_BxSxH = jnp.einsum("bgls,bglh->bsh", scaled(probs), dout32)
+    dprobs = scaled(jnp.einsum("bglh,bsh->bgls", dout32, v.astype(jnp.float32)))
     rowsum_BxGxL = jnp.sum(dout32 * out.astype(jnp.float32), axis=-1)
     dscores = probs * (dprobs - rowsum_BxGxL[..., None]) * scale
     dq_BxGxLxH = jnp.einsum("bgls,bsh->bglh", dscores, k.astype(jnp.float32))
@@ -102,11 +135,12 @@ def _attention_bwd(causal, residuals, dout_BxLxNxH):
     return dq_BxGxLxH, dk_BxSxH, dv_BxSxH
 
   dq, dk, dv = jax.lax.map(head, (q_KxBxGxLxH, k_KxBxSxH, v_KxBxSxH, lse_KxBxGxL,
-                                  dout_KxBxGxLxH, out_KxBxGxLxH))
+                                  dout_KxBxGxLxH, out_KxBxGxLxH, jnp.arange(kh)))
   dq_BxLxNxH = _query_back(dq).astype(q_BxLxNxH.dtype)
   dk_BxSxKxH = dk.transpose(1, 2, 0, 3).astype(k_BxSxKxH.dtype)
   dv_BxSxKxH = dv.transpose(1, 2, 0, 3).astype(v_BxSxKxH.dtype)
-  return dq_BxLxNxH, dk_BxSxKxH, dv_BxSxKxH, np.zeros(lengths_B.shape, jax.dtypes.float0)
+  no_grad = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+  return dq_BxLxNxH, dk_BxSxKxH, dv_BxSxKxH, no_grad(lengths_B), no_grad(key_data)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmscale.models import chunked_attention
+from dlmscale.models.dropout import dropout
 
 
 def param(key, shape, axes, *, std=None, value=None, dtype=jnp.float32) -> nnx.Param:
@@ -34,24 +35,6 @@ def linear(x, w, contract: int = 1, preferred_element_type=None):
   out = jnp.dot(x.reshape(-1, math.prod(inner)), w.reshape(math.prod(inner), -1),
                 preferred_element_type=preferred_element_type)
   return out.reshape(*lead, *w.shape[contract:])
-
-
-def dropout(x, rate: float, key):
-  """Inverted dropout; identity when rate == 0 or no key is given.
-
-  The random bits are most of dropout's cost on CPU, so each 32-bit draw decides two adjacent
-  elements of the last axis (16 bits each: the keep probability is 1 - rate to within 2^-17).
-  Adjacent pairs keep a sharded last axis local."""
-  if rate == 0.0 or key is None:
-    return x
-  *lead, d = x.shape
-  if d % 2:
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  else:
-    bits = jax.random.bits(key, (*lead, d // 2), jnp.uint32)
-    u16 = jnp.stack([bits >> 16, bits & 0xFFFF], axis=-1).reshape(x.shape)
-    keep = u16 < jnp.uint32(round((1.0 - rate) * 65536))
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -116,23 +99,25 @@ ATTENTION_IMPLS = ("auto", "einsum", "chunked", "xla", "cudnn")
 
 def attention_impl(choice: str, dtype, head_dim: int, dropout_rate: float) -> str:
   """The attention implementation for the training forward pass: 'einsum' (explicit fp32
-  probabilities for all heads at once, the only path with attention dropout), 'chunked' (one kv
-  head at a time with a flash-style backward pass: models/chunked_attention.py), or
+  probabilities for all heads at once), 'chunked' (one kv head at a time with a flash-style
+  backward pass: models/chunked_attention.py; both take attention dropout), or
   jax.nn.dot_product_attention's 'xla' / 'cudnn' (flash attention on NVIDIA GPUs: bf16/fp16,
   head_dim <= 128).
 
   'auto' picks cudnn on GPU where it applies, chunked on CPU (2-3x faster attention there: the
   einsum path's [B, N, L, S] sweeps through memory dominate) and einsum on TPU (splash attention
   is not wired in)."""
-  if dropout_rate or choice == "einsum":
+  backend = jax.default_backend()
+  if choice == "auto" and backend == "cpu":
+    return "chunked"
+  if dropout_rate and choice != "chunked" or choice == "einsum":
     return "einsum"
   if choice != "auto":
     return choice
-  backend = jax.default_backend()
   if (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
       and head_dim <= 128):
     return "cudnn"
-  return "chunked" if backend == "cpu" else "einsum"
+  return "einsum"
 
 
 class Attention(nnx.Module):
@@ -172,7 +157,8 @@ class Attention(nnx.Module):
     q, k, v = self._project(x_BxLxD, jnp.arange(x_BxLxD.shape[1]))
     impl = attention_impl(self.cfg.attention, x_BxLxD.dtype, self.cfg.head_dim, dropout_rate)
     if impl == "chunked":
-      out_BxLxNxH = chunked_attention.attention(q, k, v, lengths_B, causal=causal)
+      out_BxLxNxH = chunked_attention.attention(q, k, v, lengths_B, causal=causal,
+                                                dropout_rate=dropout_rate, key=key)
       return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
     if impl != "einsum":
       out_BxLxNxH = jax.nn.dot_product_attention(
