@@ -12,7 +12,7 @@ import pytest
 
 from dlmscale.errors import ConfigError
 from dlmscale.models import chunked_attention
-from dlmscale.models.layers import attention_impl
+from dlmscale.models.layers import attention_impl, attention_weights
 from dlmscale.models.model import build_model
 from dlmscale.models.transformer import ModelConfig
 from _shared import random_params
@@ -51,24 +51,28 @@ def test_attention_impl_equals_einsum_path(causal, impl):
 
 
 def test_choice_per_backend_and_errors():
-  assert attention_impl("auto", jnp.float32, 64, 0.0) == "chunked"  # CPU (this test machine)
-  assert attention_impl("auto", jnp.float32, 64, 0.1) == "chunked"  # it takes dropout too
+  # CPU (this test machine): chunked where lowered for CPU, einsum for TPU; both take dropout.
+  assert attention_impl("auto", jnp.float32, 64, 0.0) == "chunked_on_cpu"
+  assert attention_impl("auto", jnp.float32, 64, 0.1) == "chunked_on_cpu"
+  assert attention_impl("chunked", jnp.float32, 64, 0.1) == "chunked"
   assert attention_impl("xla", jnp.float32, 64, 0.1) == "einsum"  # dropout needs the probs
   assert attention_impl("xla", jnp.float32, 64, 0.0) == "xla"
   with pytest.raises(ConfigError, match="model.attention"):
     dataclasses.replace(CFG, attention="flash")
 
 
+@pytest.mark.parametrize("length", [10, 128])  # 128 causal: 4 query blocks, keys skipped
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_chunked_custom_vjp_equals_autodiff_of_its_forward(causal, rate):
+def test_chunked_custom_vjp_equals_autodiff_of_its_forward(causal, rate, length):
   """The flash-style backward (probabilities recomputed from the logsumexp, dropout masks drawn
-  again) equals autodiff through the same forward pass, with grouped heads and key lengths."""
+  again) equals autodiff through the same forward pass, with grouped heads and key lengths; the
+  forward equals the einsum path's softmax(q k^T) v."""
   rng = np.random.default_rng(3)
   q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
-             for s in ((3, 10, 4, 8), (3, 10, 2, 8), (3, 10, 2, 8)))
-  lengths = jnp.asarray([10, 6, 1], jnp.int32)
-  probe = jnp.asarray(rng.standard_normal((3, 10, 4, 8)), jnp.float32)
+             for s in ((3, length, 4, 8), (3, length, 2, 8), (3, length, 2, 8)))
+  lengths = jnp.asarray([length, 6, 1], jnp.int32)
+  probe = jnp.asarray(rng.standard_normal((3, length, 4, 8)), jnp.float32)
   key = jax.random.key(7)
   drop = (rate, jax.random.key_impl(key)) if rate else None
   key_data = jax.random.key_data(key) if rate else None
@@ -81,6 +85,11 @@ def test_chunked_custom_vjp_equals_autodiff_of_its_forward(causal, rate):
     out, _ = chunked_attention._forward(q, k, v, lengths, key_data, causal, drop)
     return jnp.sum(out * probe)
 
+  if not rate:
+    probs = attention_weights(q, k, causal=causal, lengths_B=lengths)  # [B, N, L, S]
+    want_out = jnp.einsum("bnls,bsnh->blnh", probs, jnp.repeat(v, 2, axis=2))
+    np.testing.assert_allclose(chunked_attention.attention(q, k, v, lengths, causal=causal),
+                               want_out, rtol=1e-5, atol=1e-5)
   got = jax.jit(jax.value_and_grad(custom, argnums=(0, 1, 2)))(q, k, v)
   want = jax.jit(jax.value_and_grad(autodiff, argnums=(0, 1, 2)))(q, k, v)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
@@ -102,3 +111,18 @@ def test_chunked_dropout_is_unbiased():
       q, k, v, causal=False, dropout_rate=0.5, key=key)))(jax.random.split(jax.random.key(0), 400))
   mean, sem = draws.mean(0), draws.std(0) / np.sqrt(400)
   assert float(jnp.max(jnp.abs(mean - plain) / sem)) < 4.5
+
+
+def test_auto_lowers_chunked_for_cpu_and_einsum_for_tpu():
+  """'auto' decides at lowering: a TPU program compiled on a CPU host (compile mode) carries the
+  einsum attention a TPU would run, not the CPU's per-head loop."""
+  model = build_model(CFG)
+  params = random_params(model, seed=1)
+  tokens = jnp.zeros((2, 12), jnp.int32)
+  loss = lambda p: jnp.sum(model.apply(p, tokens, causal=True)[0])
+  traced = jax.jit(jax.grad(loss)).trace(params)
+  # The chunked path is a loop over the kv heads (a while op); the layers are scanned too, so
+  # count loops: one more per attention in the CPU program.
+  cpu = traced.lower(lowering_platforms=("cpu",)).as_text().count("stablehlo.while")
+  tpu = traced.lower(lowering_platforms=("tpu",)).as_text().count("stablehlo.while")
+  assert cpu > tpu

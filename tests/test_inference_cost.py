@@ -125,8 +125,10 @@ def _xla_flops(fn, *args) -> float:
     dict(vocab_size=512, num_layers=2, d_model=128, num_heads=4, d_ff=384),
     dict(vocab_size=256, num_layers=2, d_model=64, num_heads=4, d_ff=192, num_kv_heads=2)])
 def test_forward_count_agrees_with_xla_cost_analysis(kw):
-  """XLA counts every op (norms, softmax, RoPE too), so it sits a few percent above the count."""
-  cfg = dlmscale.ModelConfig(**kw, dtype="float32", scan_layers=False)
+  """XLA counts every op (norms, softmax, RoPE too), so it sits a few percent above the count.
+  Attention runs as all-heads einsums: XLA's count visits a loop body once, and the CPU default
+  (the chunked path) loops over heads."""
+  cfg = dlmscale.ModelConfig(**kw, dtype="float32", scan_layers=False, attention="einsum")
   model = dlmscale.build_model(cfg)
   params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), model.abstract_params)
   b, t = 2, 48
@@ -136,7 +138,8 @@ def test_forward_count_agrees_with_xla_cost_analysis(kw):
   assert full > b * ic.forward_flops(cfg, t, t * t)
   # A decode step attends all t slots of its cache (masked slots are computed too). Its layers
   # run in a loop, which XLA's count visits once: one layer makes the count whole.
-  one = dlmscale.ModelConfig(**dict(kw, num_layers=1), dtype="float32", scan_layers=False)
+  one = dlmscale.ModelConfig(**dict(kw, num_layers=1), dtype="float32", scan_layers=False,
+                             attention="einsum")
   one_model = dlmscale.build_model(one)
   one_params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one_model.abstract_params)
   decode = _xla_flops(lambda p, c, x: one_model.decode_step(p, c, x)[0],

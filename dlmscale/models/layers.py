@@ -104,20 +104,18 @@ def attention_impl(choice: str, dtype, head_dim: int, dropout_rate: float) -> st
   jax.nn.dot_product_attention's 'xla' / 'cudnn' (flash attention on NVIDIA GPUs: bf16/fp16,
   head_dim <= 128).
 
-  'auto' picks cudnn on GPU where it applies, chunked on CPU (2-3x faster attention there: the
-  einsum path's [B, N, L, S] sweeps through memory dominate) and einsum on TPU (splash attention
-  is not wired in)."""
-  backend = jax.default_backend()
-  if choice == "auto" and backend == "cpu":
-    return "chunked"
-  if dropout_rate and choice != "chunked" or choice == "einsum":
-    return "einsum"
+  'auto' picks cudnn on GPU where it applies, else 'chunked_on_cpu': chunked where the program
+  is lowered for CPU (2-3x faster attention there: the einsum path's [B, N, L, S] sweeps through
+  memory dominate), einsum for TPU (splash attention is not wired in). That choice is made at
+  lowering, so a TPU program compiled on a CPU host (compile mode) is the one a TPU runs."""
+  if choice in ("xla", "cudnn"):
+    return "einsum" if dropout_rate else choice  # neither takes dropout on the probabilities
   if choice != "auto":
     return choice
-  if (backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-      and head_dim <= 128):
+  if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim <= 128 and not dropout_rate):
     return "cudnn"
-  return "einsum"
+  return "chunked_on_cpu"
 
 
 class Attention(nnx.Module):
@@ -150,23 +148,33 @@ class Attention(nnx.Module):
     b, n, l, _ = probs_BxNxLxS.shape
     kh, h = v_BxSxKxH.shape[2], v_BxSxKxH.shape[3]
     probs = probs_BxNxLxS.reshape(b, kh, n // kh, l, -1)
-    out_BxLxNxH = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH).reshape(b, l, n, h)
-    return linear(out_BxLxNxH, self.wo[...].astype(v_BxSxKxH.dtype), contract=2)
+    return jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH).reshape(b, l, n, h)
 
   def __call__(self, x_BxLxD, *, causal, lengths_B, dropout_rate, key):
     q, k, v = self._project(x_BxLxD, jnp.arange(x_BxLxD.shape[1]))
     impl = attention_impl(self.cfg.attention, x_BxLxD.dtype, self.cfg.head_dim, dropout_rate)
-    if impl == "chunked":
-      out_BxLxNxH = chunked_attention.attention(q, k, v, lengths_B, causal=causal,
-                                                dropout_rate=dropout_rate, key=key)
+    if impl in ("chunked", "chunked_on_cpu"):
+      chunked = lambda q, k, v, lengths_B: chunked_attention.attention(
+          q, k, v, lengths_B, causal=causal, dropout_rate=dropout_rate, key=key)
+      if impl == "chunked":
+        out_BxLxNxH = chunked(q, k, v, lengths_B)
+      else:
+        out_BxLxNxH = jax.lax.platform_dependent(
+            q, k, v, lengths_B, cpu=chunked,
+            default=lambda *a: self._einsum_attention(*a, causal, dropout_rate, key))
       return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
     if impl != "einsum":
       out_BxLxNxH = jax.nn.dot_product_attention(
           q, k, v, is_causal=causal, implementation=impl,
           key_value_seq_lengths=None if lengths_B is None else lengths_B.astype(jnp.int32))
       return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
+    return linear(self._einsum_attention(q, k, v, lengths_B, causal, dropout_rate, key),
+                  self.wo[...].astype(x_BxLxD.dtype), contract=2)
+
+  def _einsum_attention(self, q, k, v, lengths_B, causal, dropout_rate, key):
+    """[B, L, N, H] through explicit fp32 probabilities of all heads at once."""
     probs_BxNxLxS = attention_weights(q, k, causal=causal, lengths_B=lengths_B)
-    probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(x_BxLxD.dtype)
+    probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(v.dtype)
     return self._output(probs_BxNxLxS, v)
 
   def attend(self, x_BxTxD, positions_BxT, allowed_BxTxT, cache=None):
