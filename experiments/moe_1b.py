@@ -13,9 +13,8 @@ mdm, one with --config.objectives=mdm. Default mesh: expert axis 8 (12 experts p
 over the rest; the batch is split over both. Dropless dispatch built for TPU by default
 (`dropless_gather`: each chip's assignments sorted by expert through megablox's grouped matmul
 under shard_map, dlmscale/models/moe_tpu.py), so no token is dropped: compile mode (v5p-64,
-data 4 x expert 8, 8 sequences per chip) fits it in 34.4 GiB per chip (ar; capacity dispatch,
-factor 1.25, `--config.model.moe_dispatch=capacity`, took 38.0 GiB before the 2-D projections
-of issue 12 and dropless_gather 38.9 GiB), while plain
+data 4 x expert 8, 8 sequences per chip) fits it in 38.9 GiB per chip (ar), about what capacity
+dispatch (factor 1.25, `--config.model.moe_dispatch=capacity`) needs (38.0 GiB), while plain
 `dropless` needs 102 GiB of temporaries (XLA's TPU ragged_dot runs every expert on every token;
 BENCHMARKS.md "Dropless MoE on TPU"):
   python -m dlmscale.main --config=experiments/moe_1b.py --mode=compile --topology=v5p-64
