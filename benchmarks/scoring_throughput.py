@@ -47,7 +47,7 @@ from configs import models  # noqa: E402
 from dlmscale import flops, parallel  # noqa: E402
 from dlmscale.evaluation import scorer as scorer_mod  # noqa: E402
 from dlmscale.evaluation.loaded import LoadedModel  # noqa: E402
-from dlmscale.evaluation.scorer import Scorer, _bucket, dlm_batching, encode_pair  # noqa: E402
+from dlmscale.evaluation.scorer import Scorer, dlm_batching, encode_pair, padded_length  # noqa: E402
 from train_throughput import xla_matmul_flops  # noqa: E402
 
 OLD_COMMIT = "ead67d8"  # the last commit with full-logits scoring
@@ -132,8 +132,9 @@ def plan(pairs, r: int, g: int, num_samples: int, seq_len: int,
   out = []
   for start in range(0, len(order), r):
     chunk = [pairs[i] for i in order[start:start + r]]
-    length = _bucket(max(min(len(c), seq_len - len(x)) + len(x) for c, x in chunk), seq_len, steps)
-    window = _bucket(max(len(x) for _, x in chunk), length)
+    longest = max(min(len(c), seq_len - len(x)) + len(x) for c, x in chunk)
+    length = padded_length(longest, seq_len, steps)
+    window = padded_length(max(len(x) for _, x in chunk), length)
     out += [(r, length, window, 1), (r * g, length, window, num_samples // g)]
   return out
 
@@ -152,19 +153,19 @@ def old_likelihood_module():
 
 
 def make_scorer(lm, variant: str, args):
-  s = Scorer(lm, estimator=args.estimator, num_samples=args.samples, batch_size=args.batch)
-  if variant in ("old", "window"):
-    s._length_steps = 1
+  batching = None
   if variant == "old":  # the batching rule before dlm_batching
     dp = lm.data_parallel_size
-    s._requests_per_batch = max(dp, args.batch // args.samples // dp * dp)
-    per_pass = max(1, args.batch // s._requests_per_batch)
-    s._samples_per_pass = max(g for g in range(1, per_pass + 1) if args.samples % g == 0)
+    requests = max(dp, args.batch // args.samples // dp * dp)
+    per_pass = max(1, args.batch // requests)
+    batching = (requests, max(g for g in range(1, per_pass + 1) if args.samples % g == 0))
   elif variant == "g1_r1":
-    s._requests_per_batch, s._samples_per_pass = 1, 1
+    batching = (1, 1)
   elif variant == "gS_r1":
-    s._requests_per_batch, s._samples_per_pass = 1, args.samples
-  return s
+    batching = (1, args.samples)
+  return Scorer(lm, estimator=args.estimator, num_samples=args.samples, batch_size=args.batch,
+                length_steps=1 if variant in ("old", "window") else scorer_mod.LENGTH_STEPS,
+                batching=batching)
 
 
 def timed(s, variant, pairs, old_module):
@@ -243,12 +244,12 @@ def main():
   rows_out = []
   for variant, s in scorers.items():
     if variant == "default":
-      expect = plan(pairs, s._requests_per_batch, s._samples_per_pass, args.samples, args.seq_len)
+      expect = plan(pairs, s.requests_per_batch, s.samples_per_pass, args.samples, args.seq_len)
       assert expect == s.forward_passes, "plan() disagrees with the Scorer"
     work = s.forward_passes
     if variant == "old":  # the old code projected every position
       work = [(rows, length, length, count) for rows, length, _, count in work]
-    rows_out.append((variant, f"{s._requests_per_batch} x {s._samples_per_pass}",
+    rows_out.append((variant, f"{s.requests_per_batch} x {s.samples_per_pass}",
                      max(r for r, *_ in work), statistics.median(walls[variant]),
                      first[variant], executed_flops(cfg, work)))
   print("| variant | requests x samples per pass | rows/pass | median wall s | first run s "

@@ -9,8 +9,8 @@ from dlmscale import parallel
 from dlmscale.data.tokenizers.byte import ByteTokenizer
 from dlmscale.errors import ConfigError
 from dlmscale.evaluation.loaded import LoadedModel
-from dlmscale.evaluation.scorer import (LogLikelihood, Scorer, _bucket, dlm_batching, encode_pair,
-                                       rolling_windows)
+from dlmscale.evaluation.scorer import (LogLikelihood, Scorer, dlm_batching, encode_pair,
+                                       padded_length, rolling_windows)
 from tests._shared import random_params
 
 SEQ_LEN = 16
@@ -155,6 +155,26 @@ def test_bad_scorer_settings_are_config_errors(model_and_params):
     Scorer(lm, cfg_scale=-1)
   with pytest.raises(ConfigError, match="num_samples=0"):
     Scorer(lm, num_samples=0)
+  with pytest.raises(ConfigError, match=r"batching=\(8, 3\): .* divide num_samples=8"):
+    Scorer(lm, num_samples=8, batching=(8, 3))
+  with pytest.raises(ConfigError, match=r"batching=\(3, 1\): requests must be a positive "
+                                        "multiple of 8"):
+    Scorer(lm, batching=(3, 1))
+  with pytest.raises(ConfigError, match="length_steps=0"):
+    Scorer(lm, length_steps=0)
+
+
+def test_explicit_batching_and_power_of_two_lengths_give_the_same_estimates(model_and_params,
+                                                                           dlm_scorer):
+  """Overrides used by the benchmark change only the shapes of the passes, never a result."""
+  base = dlm_scorer.loglikelihood(REQUESTS)
+  other = Scorer(_loaded(model_and_params, "dlm"), estimator=dlm_scorer.estimator,
+                 num_samples=dlm_scorer.num_samples, batch_size=64, length_steps=1,
+                 batching=(8, 1))
+  assert (other.requests_per_batch, other.samples_per_pass, other.length_steps) == (8, 1, 1)
+  out = other.loglikelihood(REQUESTS)
+  np.testing.assert_allclose([r.logprob for r in out], [r.logprob for r in base], rtol=1e-5)
+  assert {p[0] for p in other.forward_passes} == {8}  # 8 rows in every pass, 1 sample each
 
 
 def test_dlm_batching_fills_the_batch_with_whole_requests_per_device():
@@ -169,10 +189,10 @@ def test_dlm_batching_fills_the_batch_with_whole_requests_per_device():
 
 def test_length_buckets_pad_by_at_most_a_quarter_and_respect_the_cap():
   for n in range(1, 3000):
-    b = _bucket(n, 4096, 4)
+    b = padded_length(n, 4096, 4)
     assert n <= b and b % 8 == 0 and (n <= 32 or b - n < n / 4), (n, b)
-    assert _bucket(n, 4096) == max(8, 1 << (n - 1).bit_length())  # default: powers of two
-  assert _bucket(130, 150, 4) == 150
+    assert padded_length(n, 4096) == max(8, 1 << (n - 1).bit_length())  # default: powers of two
+  assert padded_length(130, 150, 4) == 150
 
 
 def test_dlm_logits_only_on_the_continuation_window(dlm_scorer):

@@ -77,7 +77,7 @@ def _request_id(context: Sequence[int], continuation: Sequence[int]) -> int:
   return zlib.crc32(data)
 
 
-def _bucket(n: int, cap: int, steps: int = 1) -> int:
+def padded_length(n: int, cap: int, steps: int = 1) -> int:
   """Padded length: the next multiple of 2^k / steps above n (2^k <= n - 1 < 2^(k+1)) and of
   _MIN_BUCKET, at least _MIN_BUCKET, at most `cap` (steps=1: the next power of two)."""
   below = 1 << max(n - 1, 1).bit_length() - 1
@@ -111,7 +111,10 @@ class Scorer:
   accounting (benchmarks/scoring_throughput.py)."""
 
   def __init__(self, lm, *, estimator: str = "fixed_count", num_samples: int = 128,
-               cfg_scale: float = 0.0, batch_size: int = 32, seed: int = 0):
+               cfg_scale: float = 0.0, batch_size: int = 32, seed: int = 0,
+               length_steps: int = LENGTH_STEPS, batching: tuple[int, int] | None = None):
+    """length_steps: padded lengths per octave (1: powers of two). batching: a DLM's (requests
+    per batch, samples per pass) instead of dlm_batching's choice (for comparisons)."""
     likelihood.check_estimator(estimator)
     if num_samples < 1 or batch_size < 1:
       raise ConfigError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
@@ -123,13 +126,21 @@ class Scorer:
     self.estimator, self.num_samples, self.cfg_scale = estimator, num_samples, cfg_scale
     self.seed = seed
     dp = lm.data_parallel_size
+    if length_steps < 1:
+      raise ConfigError(f"length_steps={length_steps} must be >= 1 (1: powers of two)")
     if lm.kind == "ar":
-      self._requests_per_batch = -(-batch_size // dp) * dp
-      self._samples_per_pass = 1
+      self.requests_per_batch, self.samples_per_pass = -(-batch_size // dp) * dp, 1
+    elif batching is None:
+      self.requests_per_batch, self.samples_per_pass = dlm_batching(batch_size, dp, num_samples,
+                                                                    estimator)
     else:
-      self._requests_per_batch, self._samples_per_pass = dlm_batching(batch_size, dp, num_samples,
-                                                                      estimator)
-    self._length_steps = LENGTH_STEPS
+      requests, per_pass = batching
+      if requests < 1 or requests % dp or per_pass < 1 or (
+          estimator != "chain" and num_samples % per_pass):
+        raise ConfigError(f"batching={batching}: requests must be a positive multiple of {dp} "
+                          f"and samples per pass must divide num_samples={num_samples}")
+      self.requests_per_batch, self.samples_per_pass = requests, per_pass
+    self.length_steps = length_steps
     self._compiled: dict = {}
     self.forward_passes: list[tuple[int, int, int, int]] = []
 
@@ -147,7 +158,7 @@ class Scorer:
     prepared = [self._fit(i, list(c), list(x)) for i, (c, x) in enumerate(requests)]
     results: list[LogLikelihood | None] = [None] * len(prepared)
     order = sorted(range(len(prepared)), key=lambda i: -sum(map(len, prepared[i])))
-    per_batch = self._requests_per_batch
+    per_batch = self.requests_per_batch
     for start in range(0, len(order), per_batch):
       chunk = order[start:start + per_batch]
       for i, result in zip(chunk, self._score_batch([prepared[i] for i in chunk])):
@@ -189,10 +200,10 @@ class Scorer:
 
   def _score_batch(self, batch):
     lm = self.lm
-    rows = self._requests_per_batch
+    rows = self.requests_per_batch
     longest = max(len(c) + len(x) for c, x in batch)
     # An AR row may hold seq_len + 1 tokens: causal attention never lets the last one matter.
-    length = _bucket(longest, lm.seq_len + (lm.kind == "ar"), self._length_steps)
+    length = padded_length(longest, lm.seq_len + (lm.kind == "ar"), self.length_steps)
     tokens = np.zeros((rows, length), np.int32)
     cont_start, lengths = np.ones(rows, np.int32), np.full(rows, 2, np.int32)
     ids = np.zeros(rows, np.uint32)
@@ -207,9 +218,9 @@ class Scorer:
     else:
       # Logits are computed on this window after each context (and the chain makes one pass per
       # window position); a power of two keeps the compilations few.
-      window = _bucket(max(len(x) for _, x in batch), length)
+      window = padded_length(max(len(x) for _, x in batch), length)
       out = self._function(window)(lm.params, *args, *self._place_1d(ids))
-      g, guided = self._samples_per_pass, 1 + (self.cfg_scale > 0)
+      g, guided = self.samples_per_pass, 1 + (self.cfg_scale > 0)
       passes = -(-window // g) if self.estimator == "chain" else self.num_samples // g
       self.forward_passes += [(rows * guided, length, window, 1),
                               (rows * g * guided, length, window, passes)]
@@ -247,7 +258,7 @@ class Scorer:
       return likelihood.dlm_loglikelihood(
           lm.model, params, tokens_BxL, cont_start_B, lengths_B, ids_B, rng,
           estimator=self.estimator, num_samples=self.num_samples,
-          samples_per_pass=self._samples_per_pass, max_cont_len=max_cont,
+          samples_per_pass=self.samples_per_pass, max_cont_len=max_cont,
           mask_id=int(lm.tokenizer.mask_id), cfg_scale=self.cfg_scale)
     return jax.jit(dlm_fn, out_shardings=out)
 

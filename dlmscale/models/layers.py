@@ -24,7 +24,7 @@ def param(key, shape, axes, *, std=None, value=None, dtype=jnp.float32) -> nnx.P
   return nnx.Param(jnp.asarray(value, dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
-def linear(x, w, contract: int = 1, preferred_element_type=None):
+def linear(x, w, contract: int = 1):
   """x's last `contract` axes times w's first `contract` axes, as one 2-D matmul.
 
   Same result as the einsum, but XLA:CPU lays out the backward pass of a 2-D dot without the
@@ -32,8 +32,7 @@ def linear(x, w, contract: int = 1, preferred_element_type=None):
   lead, inner = x.shape[:x.ndim - contract], x.shape[x.ndim - contract:]
   if w.shape[:contract] != inner:
     raise ValueError(f"linear: {x.shape} does not contract with {w.shape}")
-  out = jnp.dot(x.reshape(-1, math.prod(inner)), w.reshape(math.prod(inner), -1),
-                preferred_element_type=preferred_element_type)
+  out = jnp.dot(x.reshape(-1, math.prod(inner)), w.reshape(math.prod(inner), -1))
   return out.reshape(*lead, *w.shape[contract:])
 
 
