@@ -20,7 +20,9 @@ active experts only). The peer is the same shape trained with Hugging Face trans
 Qwen3ForCausalLM (random init, AdamW, clip 1.0, same batch and sequence), eager and under
 torch.compile, in a separate process (its thread pool never shares a process with XLA's).
 Everything is timed in interleaved rounds (every variant once per round, back to back) and
-reported as medians. Needs the `bench` extra for the peer (pip install -e .[bench]).
+reported as medians. Like the CLI, the benchmark re-executes itself with transparent huge pages
+for malloc (dlmscale/host_memory.py; DLMSCALE_HUGEPAGES=off for the figures without them), and the
+peer's process inherits that setting. Needs the `bench` extra for the peer (pip install -e .[bench]).
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlmscale import host_memory  # noqa: E402
+
+if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()  # as the CLI does; the peer's process inherits it
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -255,7 +262,8 @@ def main() -> None:
   devices = jax.devices()[:1]
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"jax {jax.__version__}, 1 x {devices[0].device_kind}; batch {args.batch} x "
-        f"{args.seq_len}, shape {args.preset or REFERENCE}", flush=True)
+        f"{args.seq_len}, shape {args.preset or REFERENCE}; GLIBC_TUNABLES="
+        f"{os.environ.get('GLIBC_TUNABLES', '')!r} (dlmscale/host_memory.py)", flush=True)
   variants = {}
   for name in args.variants.split(","):
     start = time.perf_counter()

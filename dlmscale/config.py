@@ -37,7 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
       vocab_size=0,  # 0: the tokenizer's vocabulary rounded up to vocab_multiple
       vocab_multiple=64, num_layers=2, d_model=64, num_heads=4, num_kv_heads=0, head_dim=0,
       d_ff=192, tie_embeddings=True, rope_base=10000.0, norm_eps=1e-6, init_std=0.02,
-      qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True, remat="none",
+      qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True,
+      remat="none",  # none, full, dots, dots_no_batch, minimal (models/transformer.py)
       attention="auto",  # training attention: auto (cuDNN on GPU, chunked on CPU, einsum on TPU),
       # einsum, chunked, xla, cudnn
       dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0,

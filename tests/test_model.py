@@ -123,7 +123,8 @@ def remat_reference():
   return params, tokens, weights, logits, grads
 
 
-@pytest.mark.parametrize("remat,scan", [("full", True), ("dots", True), ("full", False)])
+@pytest.mark.parametrize("remat,scan", [("full", True), ("dots", True), ("full", False),
+                                        ("minimal", True), ("minimal", False)])
 def test_remat_policies_match_no_remat(remat_reference, remat, scan):
   params, tokens, weights, want_logits, want_grads = remat_reference
   m = build_model(make_cfg(num_layers=1, remat=remat, scan_layers=scan))
@@ -138,6 +139,30 @@ def test_remat_policies_match_no_remat(remat_reference, remat, scan):
   for (path, g), w in zip(flat_got, flat_want):
     assert max_abs(w) > 0, path  # every param receives gradient
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * max_abs(w), err_msg=str(path))
+
+
+def _residual_shapes(remat, scan, attention):
+  """Shapes of the arrays a causal forward pass keeps for its backward pass (the leaves of the
+  VJP closure)."""
+  m = build_model(make_cfg(num_layers=1, remat=remat, scan_layers=scan, attention=attention))
+  _, f_vjp = jax.vjp(lambda p: m.apply(p, tokens_for(3), causal=True)[0], random_params(m, 1))
+  return [tuple(x.shape) for x in jax.tree_util.tree_leaves(f_vjp) if hasattr(x, "shape")]
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("attention", ["chunked", "einsum"])
+def test_minimal_remat_keeps_attention_output_not_its_scores(scan, attention):
+  """'dots' keeps attention's L x S scores (batched dots); 'minimal' keeps its output (and the
+  chunked path's logsumexp) instead, so no residual has L x S entries."""
+  def l_by_s(shapes):
+    return [s for s in shapes if s.count(L) >= 2]  # nothing else has two axes of size L
+
+  assert l_by_s(_residual_shapes("dots", scan, attention))  # the check can see scores
+  minimal = _residual_shapes("minimal", scan, attention)
+  assert not l_by_s(minimal), minimal
+  heads, head_dim = make_cfg().num_heads, make_cfg().d_model // make_cfg().num_heads
+  out_BxLxNxH = (B, L, heads, head_dim)
+  assert any(s[-4:] == out_BxLxNxH for s in minimal), minimal  # attention's output is kept
 
 
 # ---- logical axes and parameter counts ----------------------------------------------------

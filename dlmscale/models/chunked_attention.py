@@ -20,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.ad_checkpoint import checkpoint_name
+
 from dlmscale.models.dropout import keep_mask
 
+OUTPUT_NAME, LSE_NAME = "attention_out", "attention_lse"  # jax.ad_checkpoint names
 _MASKED = float(np.finfo(np.float32).min)  # as the einsum path: a row with no keys is uniform
 
 
@@ -123,6 +126,10 @@ def _attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, dro
 def _attention_fwd(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, causal, drop):
   out_BxLxNxH, lse_KxBxGxL = _forward(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data,
                                       causal, drop)
+  # Named so that a remat policy can keep them (transformer.REMAT_POLICIES['minimal']) instead of
+  # saving the L x S scores they come from, or recomputing the whole forward pass.
+  out_BxLxNxH = checkpoint_name(out_BxLxNxH, OUTPUT_NAME)
+  lse_KxBxGxL = checkpoint_name(lse_KxBxGxL, LSE_NAME)
   return out_BxLxNxH, (q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, key_data, out_BxLxNxH,
                        lse_KxBxGxL)
 

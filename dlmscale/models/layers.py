@@ -10,6 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from dlmscale.models import chunked_attention
 from dlmscale.models.dropout import dropout
@@ -93,6 +94,9 @@ def attention_weights(q_BxLxNxH, k_BxSxKxH, *, causal: bool, lengths_B=None):
   return _masked_softmax(scores, allowed)
 
 
+# The checkpoint names of attention's output (every implementation) and of the chunked path's
+# logsumexp: what a remat policy keeps so that attention's backward pass needs no L x S residual.
+SAVED_ATTENTION = (chunked_attention.OUTPUT_NAME, chunked_attention.LSE_NAME)
 ATTENTION_IMPLS = ("auto", "einsum", "chunked", "xla", "cudnn")
 
 
@@ -163,18 +167,19 @@ class Attention(nnx.Module):
             default=lambda *a: self._einsum_attention(*a, causal, dropout_rate, key))
       return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
     if impl != "einsum":
-      out_BxLxNxH = jax.nn.dot_product_attention(
+      out_BxLxNxH = checkpoint_name(jax.nn.dot_product_attention(
           q, k, v, is_causal=causal, implementation=impl,
-          key_value_seq_lengths=None if lengths_B is None else lengths_B.astype(jnp.int32))
-      return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
-    return linear(self._einsum_attention(q, k, v, lengths_B, causal, dropout_rate, key),
-                  self.wo[...].astype(x_BxLxD.dtype), contract=2)
+          key_value_seq_lengths=None if lengths_B is None else lengths_B.astype(jnp.int32)),
+          chunked_attention.OUTPUT_NAME)
+    else:
+      out_BxLxNxH = self._einsum_attention(q, k, v, lengths_B, causal, dropout_rate, key)
+    return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
 
   def _einsum_attention(self, q, k, v, lengths_B, causal, dropout_rate, key):
     """[B, L, N, H] through explicit fp32 probabilities of all heads at once."""
     probs_BxNxLxS = attention_weights(q, k, causal=causal, lengths_B=lengths_B)
     probs_BxNxLxS = dropout(probs_BxNxLxS, dropout_rate, key).astype(v.dtype)
-    return self._output(probs_BxNxLxS, v)
+    return checkpoint_name(self._output(probs_BxNxLxS, v), chunked_attention.OUTPUT_NAME)
 
   def attend(self, x_BxTxD, positions_BxT, allowed_BxTxT, cache=None):
     """Inference attention of T new tokens (no dropout) to each other and to cached keys.

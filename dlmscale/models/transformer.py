@@ -15,7 +15,8 @@ from flax import nnx
 from dlmscale.errors import ConfigError
 from dlmscale.parallel import constrain
 from dlmscale.models.cross_entropy import HeadInput
-from dlmscale.models.layers import ATTENTION_IMPLS, Attention, RMSNorm, SwiGLU, dropout, param
+from dlmscale.models.layers import (ATTENTION_IMPLS, SAVED_ATTENTION, Attention, RMSNorm, SwiGLU,
+                                     dropout, param)
 from dlmscale.models.moe import DISPATCHES, ROUTERS, MoE
 
 REMAT_POLICIES = {
@@ -23,6 +24,12 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Every projection's matmul output (2-D dots: layers.linear) and attention's output and
+    # logsumexp; never attention's L x S scores (which 'dots' saves: they are batched dots), so
+    # the backward pass recomputes norms, activations, RoPE and the probabilities.
+    "minimal": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(*SAVED_ATTENTION)),
 }
 DROPOUT_SITES = ("attention", "residual", "mlp")
 
