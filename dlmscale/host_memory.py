@@ -5,12 +5,13 @@ XLA:CPU allocates one buffer for a program's temporaries at every execution and 
 time, so every step first touches it 4 KiB page by 4 KiB page (282k page faults per step) and
 then walks it through a TLB that holds few of those pages. glibc's `glibc.malloc.hugetlb=1`
 tunable makes malloc advise transparent huge pages (2 MiB) on the memory it maps, which the
-kernel honours in its default THP mode ('madvise') and in 'always': about 830 faults per step
-and 1.06-1.10x the tokens/s of that train step (BENCHMARKS.md). glibc reads tunables only when a
-process starts, so the CLI (and the benchmarks) re-execute themselves once with the tunable added
-to GLIBC_TUNABLES; DLMSCALE_HUGEPAGES=off (also 0, false, no) skips that. A program importing
-dlmscale as a library gets the same effect by starting Python with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
+kernel honours in its default THP mode ('madvise') and in 'always': about 1.7k faults per step,
+and 1.10-1.25x the tokens/s of a process training one model (BENCHMARKS.md). It is opt-in:
+in processes holding several compiled models one of them ran 7-20% slower with it, for a reason
+not found yet. glibc reads tunables only when a process starts, so with DLMSCALE_HUGEPAGES=on
+(also 1, true, yes) the CLI (and benchmarks/train_throughput.py) re-execute themselves once with
+the tunable added to GLIBC_TUNABLES. A program importing dlmscale as a library gets the same by
+starting Python with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import sys
 
 ENV = "DLMSCALE_HUGEPAGES"
 TUNABLE = "glibc.malloc.hugetlb"
-_OFF = ("off", "0", "false", "no")
+_ON = ("on", "1", "true", "yes")
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -47,10 +48,10 @@ def thp_mode() -> str:
 
 
 def environment(environ, *, has_tunable: bool, thp: str) -> dict | None:
-  """The environment to re-execute with (environ plus the tunable), or None where that would
-  change nothing: turned off, already set (the user's value wins), no glibc tunable, or a
-  kernel without transparent huge pages."""
-  if environ.get(ENV, "").strip().lower() in _OFF:
+  """The environment to re-execute with (environ plus the tunable), or None where it is not
+  asked for (DLMSCALE_HUGEPAGES) or would change nothing: already set (the user's value wins), no
+  glibc tunable, or a kernel without transparent huge pages."""
+  if environ.get(ENV, "").strip().lower() not in _ON:
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
   if TUNABLE + "=" in tunables or not has_tunable or thp not in ("always", "madvise"):

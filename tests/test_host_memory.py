@@ -27,20 +27,24 @@ def _env(**overrides):
   return env
 
 
+ASKED = {host_memory.ENV: "on"}
+
+
 @pytest.mark.parametrize("environ,has_tunable,thp,want", [
-    ({}, True, "madvise", ON),
-    ({}, True, "always", ON),
-    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, True, "madvise",
+    (ASKED, True, "madvise", ON),
+    (ASKED, True, "always", ON),
+    ({host_memory.ENV: " Yes "}, True, "madvise", ON),
+    (dict(ASKED, GLIBC_TUNABLES="glibc.malloc.arena_max=2"), True, "madvise",
      f"glibc.malloc.arena_max=2:{ON}"),  # the user's other tunables are kept
-    ({"GLIBC_TUNABLES": f"{host_memory.TUNABLE}=0"}, True, "madvise", None),  # theirs wins
+    (dict(ASKED, GLIBC_TUNABLES=f"{host_memory.TUNABLE}=0"), True, "madvise", None),  # theirs wins
+    ({}, True, "madvise", None),  # opt-in
     ({host_memory.ENV: "off"}, True, "madvise", None),
-    ({host_memory.ENV: " No "}, True, "madvise", None),
-    ({}, False, "madvise", None),  # musl, or glibc < 2.35
-    ({}, True, "never", None),
-    ({}, True, "", None),  # no THP in this kernel
+    (ASKED, False, "madvise", None),  # musl, or glibc < 2.35
+    (ASKED, True, "never", None),
+    (ASKED, True, "", None),  # no THP in this kernel
 ])
-def test_environment_adds_the_tunable_only_where_it_changes_something(environ, has_tunable, thp,
-                                                                      want):
+def test_environment_adds_the_tunable_only_where_asked_and_useful(environ, has_tunable, thp,
+                                                                  want):
   got = host_memory.environment(dict(environ, PATH="/bin"), has_tunable=has_tunable, thp=thp)
   if want is None:
     assert got is None
@@ -59,17 +63,19 @@ _REPORT = textwrap.dedent("""\
 @needs_thp
 def test_reexec_keeps_pid_and_arguments_and_happens_once():
   proc = subprocess.Popen([sys.executable, "-c", _REPORT, "a b", "--x=1"], cwd=REPO,
-                          env=_env(), stdout=subprocess.PIPE, text=True)
+                          env=_env(**ASKED), stdout=subprocess.PIPE, text=True)
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 0
   assert out.strip() == f"{proc.pid} {ON} ['a b', '--x=1']"  # one line: no second exec
 
 
 @needs_thp
-def test_reexec_is_skipped_when_turned_off():
-  out = subprocess.run([sys.executable, "-c", _REPORT], cwd=REPO, capture_output=True, text=True,
-                       env=_env(**{host_memory.ENV: "off"}), timeout=60, check=True).stdout
-  assert out.split()[1:] == ["[]"]  # no tunable
+@pytest.mark.parametrize("asked", [{}, {host_memory.ENV: "off"}])
+def test_no_reexec_unless_asked(asked):
+  proc = subprocess.Popen([sys.executable, "-c", _REPORT], cwd=REPO, env=_env(**asked),
+                          stdout=subprocess.PIPE, text=True)
+  out, _ = proc.communicate(timeout=60)
+  assert out.split() == [str(proc.pid), "[]"]  # no tunable
 
 
 _FAULTS = textwrap.dedent("""\
@@ -95,13 +101,13 @@ def test_the_tunable_cuts_first_touch_page_faults():
 
 
 @needs_thp
-def test_the_cli_runs_reexecuted_with_the_tunable():
+def test_the_cli_runs_reexecuted_with_the_tunable_when_asked():
   """/proc/PID/environ is the environment of the PID's current program: after the re-exec, the
   CLI's (which then spends a second or more importing JAX)."""
   proc = subprocess.Popen(
       [sys.executable, "-m", "dlmscale.main", "--mode=config",
        f"--config={REPO / 'tests' / 'configs' / 'tiny.py'}"],
-      cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=_env(**ASKED), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   seen = ""
   deadline = time.monotonic() + 60
   while proc.poll() is None and time.monotonic() < deadline and ON not in seen:
