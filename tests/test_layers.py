@@ -23,7 +23,8 @@ LAYERS = [
               "dlmscale.flops", "dlmscale.preemption", "dlmscale.provenance", "dlmscale.run_files",
               "dlmscale.storage",
               "dlmscale.metrics", "dlmscale.progress", "dlmscale.profiling",
-              "dlmscale.compilation_cache", "dlmscale.export", "dlmscale.hf_import")),
+              "dlmscale.compilation_cache", "dlmscale.host_memory", "dlmscale.export",
+              "dlmscale.hf_import")),
     ("components", ("dlmscale.evaluation", "dlmscale.sampling")),
     ("schema", ("dlmscale.config",)),
     ("assembly", ("dlmscale.config_files", "dlmscale.json_config", "dlmscale.experiment")),
@@ -120,10 +121,11 @@ def test_the_checks_see_a_cycle_and_an_upward_import(monkeypatch):
 
 def test_main_only_parses_flags_and_calls_modes():
   """The CLI's modes are served by dlmscale.modes alone: main imports no layer below it but the
-  config-file helpers and the SIGTERM exception, and nothing else defines a mode handler (*_command / *_all of a cfg)."""
+  config-file helpers, the SIGTERM exception and the start-up re-exec (host_memory), and nothing
+  else defines a mode handler (*_command / *_all of a cfg)."""
   graph = _graph()
   assert graph["dlmscale.main"] <= {"dlmscale.modes", "dlmscale.config_files", "dlmscale.errors",
-                                     "dlmscale.preemption"}
+                                     "dlmscale.preemption", "dlmscale.host_memory"}
   commands = []
   for module, path in _modules().items():
     tree = ast.parse(open(path).read())
