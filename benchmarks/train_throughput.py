@@ -20,9 +20,10 @@ active experts only). The peer is the same shape trained with Hugging Face trans
 Qwen3ForCausalLM (random init, AdamW, clip 1.0, same batch and sequence), eager and under
 torch.compile, in a separate process (its thread pool never shares a process with XLA's).
 Everything is timed in interleaved rounds (every variant once per round, back to back) and
-reported as medians. With DLMSCALE_HUGEPAGES=on the benchmark re-executes itself with transparent
-huge pages for malloc, as the CLI then does (dlmscale/host_memory.py), and the peer's process
-inherits that setting. Needs the `bench` extra for the peer (pip install -e .[bench]).
+reported as medians. Huge pages for malloc, which the CLI turns on (dlmscale/host_memory.py), are
+off here unless DLMSCALE_HUGEPAGES=on: interleaving variants every few steps makes some of them
+pay a fresh-huge-page cost at every switch on this project's VMs (BENCHMARKS.md "Huge pages");
+the peer's process inherits the setting either way. Needs the `bench` extra for the peer (pip install -e .[bench]).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dlmscale import host_memory  # noqa: E402
 
 if __name__ == "__main__":
-  host_memory.reexec_with_hugepages()  # as the CLI does (opt-in); the peer's process inherits it
+  host_memory.reexec_with_hugepages(default=False)  # the CLI's default is on: see above
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -28,7 +28,7 @@ def _exit_on_early_sigterm(signum, frame) -> None:
 
 
 if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "dlmscale":
-  host_memory.reexec_with_hugepages()  # opt-in; first: whatever runs before it runs twice
+  host_memory.reexec_with_hugepages()  # first: whatever runs before it runs twice
   signal.signal(signal.SIGTERM, _exit_on_early_sigterm)
 
 from absl import app, flags  # noqa: E402  (after the handler: these import JAX)

@@ -1,5 +1,6 @@
-"""Huge pages for malloc (dlmscale/host_memory.py): when the CLI re-executes itself, that the
-re-executed process keeps its PID and arguments, and that the tunable really cuts page faults."""
+"""Huge pages for malloc (dlmscale/host_memory.py): when the CLI re-executes itself (by default,
+unless DLMSCALE_HUGEPAGES=off), that the re-executed process keeps its PID and arguments, and
+that the tunable really cuts page faults."""
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ ASKED = {host_memory.ENV: "on"}
     (dict(ASKED, GLIBC_TUNABLES="glibc.malloc.arena_max=2"), True, "madvise",
      f"glibc.malloc.arena_max=2:{ON}"),  # the user's other tunables are kept
     (dict(ASKED, GLIBC_TUNABLES=f"{host_memory.TUNABLE}=0"), True, "madvise", None),  # theirs wins
-    ({}, True, "madvise", None),  # opt-in
+    ({}, True, "madvise", ON),  # on by default
     ({host_memory.ENV: "off"}, True, "madvise", None),
+    ({host_memory.ENV: " No "}, True, "madvise", None),
     (ASKED, False, "madvise", None),  # musl, or glibc < 2.35
     (ASKED, True, "never", None),
     (ASKED, True, "", None),  # no THP in this kernel
@@ -46,6 +48,9 @@ ASKED = {host_memory.ENV: "on"}
 def test_environment_adds_the_tunable_only_where_asked_and_useful(environ, has_tunable, thp,
                                                                   want):
   got = host_memory.environment(dict(environ, PATH="/bin"), has_tunable=has_tunable, thp=thp)
+  off_by_default = host_memory.environment(dict(environ, PATH="/bin"), has_tunable=has_tunable,
+                                           thp=thp, default=False)
+  assert off_by_default == (got if environ.get(host_memory.ENV) else None)  # only if asked
   if want is None:
     assert got is None
   else:
@@ -55,27 +60,28 @@ def test_environment_adds_the_tunable_only_where_asked_and_useful(environ, has_t
 _REPORT = textwrap.dedent("""\
     import os, sys
     from dlmscale import host_memory
-    host_memory.reexec_with_hugepages()
+    host_memory.reexec_with_hugepages(default=sys.argv[1] == "default-on")
     print(os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
     """)
 
 
 @needs_thp
 def test_reexec_keeps_pid_and_arguments_and_happens_once():
-  proc = subprocess.Popen([sys.executable, "-c", _REPORT, "a b", "--x=1"], cwd=REPO,
-                          env=_env(**ASKED), stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, "-c", _REPORT, "default-on", "a b", "--x=1"],
+                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 0
-  assert out.strip() == f"{proc.pid} {ON} ['a b', '--x=1']"  # one line: no second exec
+  assert out.strip() == f"{proc.pid} {ON} ['default-on', 'a b', '--x=1']"  # one line: one exec
 
 
 @needs_thp
-@pytest.mark.parametrize("asked", [{}, {host_memory.ENV: "off"}])
-def test_no_reexec_unless_asked(asked):
-  proc = subprocess.Popen([sys.executable, "-c", _REPORT], cwd=REPO, env=_env(**asked),
-                          stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("default,asked", [("default-on", {host_memory.ENV: "off"}),
+                                           ("default-off", {})])
+def test_no_reexec_when_turned_off(default, asked):
+  proc = subprocess.Popen([sys.executable, "-c", _REPORT, default], cwd=REPO,
+                          env=_env(**asked), stdout=subprocess.PIPE, text=True)
   out, _ = proc.communicate(timeout=60)
-  assert out.split() == [str(proc.pid), "[]"]  # no tunable
+  assert out.split() == [str(proc.pid), f"['{default}']"]  # no tunable
 
 
 _FAULTS = textwrap.dedent("""\
@@ -101,13 +107,13 @@ def test_the_tunable_cuts_first_touch_page_faults():
 
 
 @needs_thp
-def test_the_cli_runs_reexecuted_with_the_tunable_when_asked():
+def test_the_cli_runs_reexecuted_with_the_tunable_by_default():
   """/proc/PID/environ is the environment of the PID's current program: after the re-exec, the
   CLI's (which then spends a second or more importing JAX)."""
   proc = subprocess.Popen(
       [sys.executable, "-m", "dlmscale.main", "--mode=config",
        f"--config={REPO / 'tests' / 'configs' / 'tiny.py'}"],
-      cwd=REPO, env=_env(**ASKED), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   seen = ""
   deadline = time.monotonic() + 60
   while proc.poll() is None and time.monotonic() < deadline and ON not in seen:
