@@ -23,7 +23,8 @@ Everything is timed in interleaved rounds (every variant once per round, back to
 reported as medians. Huge pages for malloc, which the CLI turns on (dlmscale/host_memory.py), are
 off here unless DLMSCALE_HUGEPAGES=on: interleaving variants every few steps makes some of them
 pay a fresh-huge-page cost at every switch on this project's VMs (BENCHMARKS.md "Huge pages");
-the peer's process inherits the setting either way. Needs the `bench` extra for the peer (pip install -e .[bench]).
+the peer's process inherits the setting either way. Needs the `bench` extra for the peer
+(pip install -e .[bench]).
 """
 from __future__ import annotations
 

@@ -191,14 +191,7 @@ def main(argv) -> None:
     _fail(f"config file {spec.split(':', 1)[0]!r} not found: pass --config=path/to/experiment.py")
   if not _WORKDIR.value and mode in _WORKDIR_MODES:
     _fail(f"--workdir is required for --mode={mode}, e.g. --workdir=runs/quickstart")
-  # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
-  logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-  # fsspec, gcsfs: gs:// run directories. torch: tensorboardX imports it; a SIGTERM during that
-  # import leaves torch's atexit "FakeTensor cache stats" lines after the one-line message.
-  for noisy in ("absl", "orbax", "jax", "fsspec", "gcsfs", "torch"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  # Orbax logs a failed save's traceback from its own thread; dlmscale reports it on one line.
-  logging.getLogger("absl").addFilter(_drop_orbax_errors)
+  _configure_logging()
   from dlmscale import modes  # after flag parsing: keeps --help fast
   from dlmscale.errors import DlmscaleError
   try:
@@ -221,8 +214,27 @@ def main(argv) -> None:
     _fail(str(e))
 
 
+def _configure_logging() -> None:
+  # force: absl.app installed its own handler (with a verbose prefix) before main() runs.
+  logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+  # fsspec, gcsfs: gs:// run directories. torch: tensorboardX imports it; a SIGTERM during that
+  # import leaves torch's atexit "FakeTensor cache stats" lines after the one-line message.
+  for noisy in ("absl", "orbax", "jax", "fsspec", "gcsfs", "torch"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Orbax logs a failed save's traceback from its own thread; dlmscale reports it on one line.
+  logging.getLogger("absl").addFilter(_drop_orbax_errors)
+  logging.getLogger("asyncio").addFilter(_drop_unretrieved_errors)
+
+
 def _drop_orbax_errors(record: logging.LogRecord) -> bool:
   return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _drop_unretrieved_errors(record: logging.LogRecord) -> bool:
+  """When one of a failed save's writes fails (a full disk), the others' futures fail too and
+  asyncio logs each with its traceback ("_GatheringFuture exception was never retrieved") when it
+  is collected, which may be after the one-line error; dlmscale runs no coroutines itself."""
+  return "exception was never retrieved" not in record.getMessage()
 
 
 def _handle_unraisable(unraisable, _default=sys.unraisablehook) -> None:

@@ -159,6 +159,36 @@ def test_damaged_checkpoint_through_the_cli_is_exactly_one_line(env, reference, 
       proc.stderr.strip().splitlines()[-1]], proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("configured", [True, False])
+def test_unretrieved_async_write_errors_stay_out_of_the_cli_output(configured):
+  """A full disk fails several of Orbax's concurrent writes; asyncio logs each unretrieved one,
+  with a traceback, when it is collected (in CI: after the one-line error). The CLI's logging
+  drops those; without it (the control) the same script prints them."""
+  script = textwrap.dedent(f"""\
+      import asyncio, gc
+      from dlmscale import main
+      if {configured}:
+        main._configure_logging()
+      async def write(i):
+        raise ValueError(f"RESOURCE_EXHAUSTED: write {{i}}")
+      async def save():
+        gathered = asyncio.gather(write(0), write(1))
+        await asyncio.sleep(0.01)  # both fail; nobody awaits the gather
+        del gathered
+        gc.collect()
+      asyncio.run(save())
+      gc.collect()
+      print("done")
+      """)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+  if configured:
+    assert "never retrieved" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+  else:
+    assert "exception was never retrieved" in proc.stderr, proc.stderr  # the check can see it
+
+
 def test_sigterm_handled_inside_a_gc_callback_still_stops_the_program():
   """Python ignores exceptions raised in gc callbacks (JAX registers one): a SIGTERM whose handler
   runs there must be delivered again, not swallowed."""
