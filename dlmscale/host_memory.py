@@ -56,10 +56,14 @@ def thp_mode() -> str:
 def environment(environ, *, has_tunable: bool, thp: str, default: bool = True) -> dict | None:
   """The environment to re-execute with (environ plus the tunable), or None where it is turned
   off (DLMSCALE_HUGEPAGES, else `default`) or would change nothing: already set (the user's value
-  wins), no glibc tunable, or a kernel without transparent huge pages."""
+  wins), no glibc tunable, or a kernel without transparent huge pages. ValueError (one line, with
+  the fix) for a DLMSCALE_HUGEPAGES that is neither on nor off."""
   asked = environ.get(ENV, "").strip().lower()
-  if asked not in _ON + _OFF:
+  if not asked:
     asked = "on" if default else "off"
+  elif asked not in _ON + _OFF:
+    raise ValueError(f"{ENV}={environ[ENV]!r} is neither on nor off: set it to on or off "
+                     "(or unset it)")
   if asked in _OFF:
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
@@ -75,7 +79,12 @@ def reexec_with_hugepages(default: bool = True) -> None:
   twice."""
   if not sys.platform.startswith("linux"):
     return
-  env = environment(os.environ, has_tunable=glibc_has_tunable(), thp=thp_mode(), default=default)
+  try:
+    env = environment(os.environ, has_tunable=glibc_has_tunable(), thp=thp_mode(),
+                      default=default)
+  except ValueError as e:  # before anything is imported or written
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
   if env is None:
     return
   sys.stdout.flush()

@@ -95,6 +95,18 @@ _FAULTS = textwrap.dedent("""\
     """)
 
 
+def test_a_value_neither_on_nor_off_is_one_line_error_naming_the_fix():
+  with pytest.raises(ValueError, match="DLMSCALE_HUGEPAGES='maybe' is neither on nor off"):
+    host_memory.environment({host_memory.ENV: "maybe"}, has_tunable=True, thp="madvise")
+  proc = subprocess.run([sys.executable, "-m", "dlmscale.main", "--mode=config",
+                         f"--config={REPO / 'tests' / 'configs' / 'tiny.py'}"],
+                        cwd=REPO, env=_env(**{host_memory.ENV: "maybe"}), capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {host_memory.ENV}='maybe' is neither on nor off: set it to on or off (or unset it)"]
+
+
 @needs_thp
 def test_the_tunable_cuts_first_touch_page_faults():
   faults = {}
