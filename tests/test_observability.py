@@ -221,7 +221,7 @@ def test_wandb_offline_run_mirrors_metrics_jsonl(tmp_path, monkeypatch):
   resumed.close()
   runs = sorted(glob.glob(str(workdir / "wandb" / "offline-run-*" / "run-*.wandb")))
   assert len(runs) == 2 and len({os.path.basename(r) for r in runs}) == 1
-  history, run = {}, None
+  history, starts = {}, []
   for path in runs:
     for record in _finished_wandb_records(path):
       kind = record.WhichOneof("record_type")
@@ -230,8 +230,12 @@ def test_wandb_offline_run_mirrors_metrics_jsonl(tmp_path, monkeypatch):
                  for i in record.history.item}
         history[record.history.step.num] = {k: v for k, v in items.items()
                                             if not k.startswith("_")}
-      elif kind == "run" and run is None:
-        run = record.run
+      elif kind == "run":
+        starts.append((record.run.start_time.ToNanoseconds(), record.run))
+  # The first start carries the config. Directory names do not order the two: a resume in the
+  # same second gets "<name>-1", which sorts before "<name>".
+  assert len(starts) == 2 and starts[0][0] != starts[1][0]
+  run = min(starts, key=lambda s: s[0])[1]
   expected = {}  # W&B keeps one row per step: step 4's train and eval records are merged
   for r in metrics.read_metrics(str(workdir)):
     expected.setdefault(r["step"], {}).update({k: v for k, v in r.items() if k != "step"})
