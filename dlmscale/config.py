@@ -39,8 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
       d_ff=192, tie_embeddings=True, rope_base=10000.0, norm_eps=1e-6, init_std=0.02,
       qk_norm=True, dtype="bfloat16", param_dtype="float32", scan_layers=True,
       remat="none",  # none, full, dots, dots_no_batch, minimal (models/transformer.py)
-      attention="auto",  # training attention: auto (cuDNN on GPU, chunked on CPU, einsum on TPU),
-      # einsum, chunked, xla, cudnn
+      attention="auto",  # training attention: auto (cuDNN on GPU, chunked on CPU, splash on TPU),
+      # einsum, chunked, xla, cudnn, splash (models/layers.py attention_impl)
       dropout_attention=0.0, dropout_residual=0.0, dropout_mlp=0.0,
       # Mixture of experts (num_experts 0: dense); see dlmscale/models/moe.py.
       num_experts=0, experts_per_token=2, moe_every=1, moe_d_ff=0, num_shared_experts=0,

@@ -51,12 +51,12 @@ def test_attention_impl_equals_einsum_path(causal, impl):
 
 
 def test_choice_per_backend_and_errors():
-  # CPU (this test machine): chunked where lowered for CPU, einsum for TPU; both take dropout.
-  assert attention_impl("auto", jnp.float32, 64, 0.0) == "chunked_on_cpu"
-  assert attention_impl("auto", jnp.float32, 64, 0.1) == "chunked_on_cpu"
-  assert attention_impl("chunked", jnp.float32, 64, 0.1) == "chunked"
-  assert attention_impl("xla", jnp.float32, 64, 0.1) == "einsum"  # dropout needs the probs
-  assert attention_impl("xla", jnp.float32, 64, 0.0) == "xla"
+  # CPU (this test machine): chunked where lowered for CPU, einsum elsewhere; both take dropout.
+  assert attention_impl("auto", jnp.float32, 64, 0.0, 256) == "chunked_on_cpu"
+  assert attention_impl("auto", jnp.float32, 64, 0.1, 256) == "chunked_on_cpu"
+  assert attention_impl("chunked", jnp.float32, 64, 0.1, 256) == "chunked"
+  assert attention_impl("xla", jnp.float32, 64, 0.1, 256) == "einsum"  # dropout needs the probs
+  assert attention_impl("xla", jnp.float32, 64, 0.0, 256) == "xla"
   with pytest.raises(ConfigError, match="model.attention"):
     dataclasses.replace(CFG, attention="flash")
 
@@ -114,8 +114,9 @@ def test_chunked_dropout_is_unbiased():
 
 
 def test_auto_lowers_chunked_for_cpu_and_einsum_for_tpu():
-  """'auto' decides at lowering: a TPU program compiled on a CPU host (compile mode) carries the
-  einsum attention a TPU would run, not the CPU's per-head loop."""
+  """Outside a TPU mesh (test_splash.py: under one 'auto' takes splash), 'auto' decides at
+  lowering: a program traced on a CPU host and lowered for TPU carries the einsum attention, not
+  the CPU's per-head loop."""
   model = build_model(CFG)
   params = random_params(model, seed=1)
   tokens = jnp.zeros((2, 12), jnp.int32)

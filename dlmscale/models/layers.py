@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from dlmscale.models import chunked_attention
+from dlmscale import parallel
+from dlmscale.models import chunked_attention, splash
 from dlmscale.models.dropout import dropout
 
 
@@ -94,30 +95,39 @@ def attention_weights(q_BxLxNxH, k_BxSxKxH, *, causal: bool, lengths_B=None):
   return _masked_softmax(scores, allowed)
 
 
-# The checkpoint names of attention's output (every implementation) and of the chunked path's
-# logsumexp: what a remat policy keeps so that attention's backward pass needs no L x S residual.
+# The checkpoint names of attention's output (every implementation) and of the chunked and splash
+# paths' logsumexp: what a remat policy keeps so that attention's backward pass needs no L x S
+# residual.
 SAVED_ATTENTION = (chunked_attention.OUTPUT_NAME, chunked_attention.LSE_NAME)
-ATTENTION_IMPLS = ("auto", "einsum", "chunked", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "einsum", "chunked", "xla", "cudnn", "splash")
 
 
-def attention_impl(choice: str, dtype, head_dim: int, dropout_rate: float) -> str:
+def attention_impl(choice: str, dtype, head_dim: int, dropout_rate: float, seq_len: int) -> str:
   """The attention implementation for the training forward pass: 'einsum' (explicit fp32
   probabilities for all heads at once), 'chunked' (one kv head at a time with a flash-style
-  backward pass: models/chunked_attention.py; both take attention dropout), or
+  backward pass: models/chunked_attention.py; both take attention dropout),
   jax.nn.dot_product_attention's 'xla' / 'cudnn' (flash attention on NVIDIA GPUs: bf16/fp16,
-  head_dim <= 128).
+  head_dim <= 128), or 'splash' (Pallas's flash kernel on TPU under shard_map: models/splash.py;
+  interpreted elsewhere, for tests).
 
-  'auto' picks cudnn on GPU where it applies, else 'chunked_on_cpu': chunked where the program
-  is lowered for CPU (2-3x faster attention there: the einsum path's [B, N, L, S] sweeps through
-  memory dominate), einsum for TPU (splash attention is not wired in). That choice is made at
-  lowering, so a TPU program compiled on a CPU host (compile mode) is the one a TPU runs."""
-  if choice in ("xla", "cudnn"):
-    return "einsum" if dropout_rate else choice  # neither takes dropout on the probabilities
+  'auto' picks cudnn on GPU where it applies; splash where the training or sampling mesh is TPU
+  chips (compile mode's too) and the length is whole 128-row tiles; else 'chunked_on_cpu':
+  chunked where the program is lowered for CPU (2-3x faster attention there: the einsum path's
+  [B, N, L, S] sweeps through memory dominate), einsum elsewhere."""
+  if choice in ("xla", "cudnn", "splash") and dropout_rate:
+    return "einsum"  # none of them takes dropout on the probabilities
+  if choice == "splash" and parallel.activation_context() is None and jax.device_count() > 1:
+    # A Pallas kernel runs under shard_map, which needs the mesh that training and sampling
+    # trace under; validation and scoring trace without one.
+    return "einsum"
   if choice != "auto":
     return choice
   if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
       and head_dim <= 128 and not dropout_rate):
     return "cudnn"
+  if (parallel.activation_context() is not None and splash.platform() == "tpu"
+      and splash.fits(seq_len) and not dropout_rate):
+    return "splash"
   return "chunked_on_cpu"
 
 
@@ -155,7 +165,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxLxD, *, causal, lengths_B, dropout_rate, key):
     q, k, v = self._project(x_BxLxD, jnp.arange(x_BxLxD.shape[1]))
-    impl = attention_impl(self.cfg.attention, x_BxLxD.dtype, self.cfg.head_dim, dropout_rate)
+    impl = attention_impl(self.cfg.attention, x_BxLxD.dtype, self.cfg.head_dim, dropout_rate,
+                          x_BxLxD.shape[1])
     if impl in ("chunked", "chunked_on_cpu"):
       chunked = lambda q, k, v, lengths_B: chunked_attention.attention(
           q, k, v, lengths_B, causal=causal, dropout_rate=dropout_rate, key=key)
@@ -166,7 +177,9 @@ class Attention(nnx.Module):
             q, k, v, lengths_B, cpu=chunked,
             default=lambda *a: self._einsum_attention(*a, causal, dropout_rate, key))
       return linear(out_BxLxNxH, self.wo[...].astype(x_BxLxD.dtype), contract=2)
-    if impl != "einsum":
+    if impl == "splash":
+      out_BxLxNxH = splash.attention(q, k, v, lengths_B, causal=causal)
+    elif impl != "einsum":
       out_BxLxNxH = checkpoint_name(jax.nn.dot_product_attention(
           q, k, v, is_causal=causal, implementation=impl,
           key_value_seq_lengths=None if lengths_B is None else lengths_B.astype(jnp.int32)),
