@@ -1,6 +1,7 @@
 """Compiles the paper's dense train steps for v5p slices with libtpu on this host (no TPU).
 
   python benchmarks/compile_paper_configs.py [--objectives=ar,mdm] [--cases=1b_dp,8b_fsdp_remat]
+      [--attention=auto,einsum]
 
 The default runs every case in CASES; 1b_dp_remat_unrolled alone takes ~9 min on 2 CPU cores.
 
@@ -11,6 +12,7 @@ the 8b1a_* MoE dispatch cases in "Dropless MoE on TPU", 8-18 min each on 2 loade
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -28,6 +30,7 @@ EXPERT8 = dict(data=-1, fsdp=1, tensor=1, expert=8)
 CASES = {
     "1b_dp": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "none"),
     "1b_dp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
+    "1b_dp_remat_minimal": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "minimal"),
     "1b_fsdp_remat": (models.PAPER_1B, 256, "v5p-64", meshes.FSDP, "full"),
     "8b_fsdp_remat": (models.DENSE_8B, 1024, "v5p-128", meshes.FSDP, "full"),
     # 8B1A (data x expert 8) with each dispatch; experiments/moe_1b.py ships dropless_gather.
@@ -55,9 +58,11 @@ CASES = {
     "1b_dp_remat_unrolled": (models.PAPER_1B, 256, "v5p-64", meshes.DATA_PARALLEL, "full"),
 }
 
-SUMMARY = ("case", "topology", "objective", "params", "remat", "batch_per_chip", "memory_per_chip",
-           "fits", "compiler_flops_per_chip", "analytic_flops_per_chip", "compiler_over_analytic",
-           "compiler_over_analytic_without_head", "compile_s", "error")
+SUMMARY = ("case", "topology", "objective", "attention", "attention_kernel", "params", "remat",
+           "batch_per_chip", "memory_per_chip", "fits", "compiler_flops_per_chip",
+           "analytic_flops_per_chip", "compiler_over_analytic",
+           "compiler_over_analytic_without_head", "compiler_over_analytic_without_attention",
+           "compile_s", "error")
 
 
 def without_head(report: dict, cfg) -> float | None:
@@ -71,10 +76,11 @@ def without_head(report: dict, cfg) -> float | None:
   return report["compiler_flops_per_chip"] / layers
 
 
-def case_config(name: str, preset: dict, global_batch: int, mesh: dict, remat: str):
+def case_config(name: str, preset: dict, global_batch: int, mesh: dict, remat: str,
+                attention: str = "auto"):
   c = default_config()
   c.model.update(preset)
-  c.model.remat = remat
+  c.model.remat, c.model.attention = remat, attention
   c.model.scan_layers = not name.endswith("_unrolled")
   c.data.update(seq_len=2048, total_tokens=100 * global_batch * 2048)
   c.train.update(global_batch=global_batch)
@@ -122,6 +128,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--objectives", default="ar")
   parser.add_argument("--cases", default=",".join(CASES))
+  parser.add_argument("--attention", default="auto",
+                      help="model.attention values to compile each case with (auto: splash on TPU)")
   parser.add_argument("--json", default="", help="also write the reports to this file")
   parser.add_argument("--moe_layer", default="",
                       help="instead: compile the 8B1A's routed experts alone with these "
@@ -135,15 +143,16 @@ def main() -> None:
   reports = []
   for name in args.cases.split(","):
     preset, batch, topology, mesh, remat = CASES[name]
-    for objective in args.objectives.split(","):
-      cfg = case_config(name, preset, batch, mesh, remat)
+    for objective, attention in itertools.product(args.objectives.split(","),
+                                                  args.attention.split(",")):
+      cfg = case_config(name, preset, batch, mesh, remat, attention)
       start = time.time()
       try:
         r = compile_lib.compile_for_topology(cfg, objective, topology, check_fit=False)
       except compile_lib.DoesNotFitError as e:  # the compiler itself refused: no memory numbers
         r = {"topology": topology, "objective": objective, "fits": False, "error": str(e),
              "compile_s": time.time() - start}
-      r["case"] = name
+      r["case"], r["attention"] = name, attention
       r["compiler_over_analytic_without_head"] = without_head(r, cfg)
       reports.append(r)
       print(json.dumps({k: r.get(k) for k in SUMMARY}), flush=True)

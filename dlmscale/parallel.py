@@ -78,6 +78,11 @@ def _mesh_axes_for(name, rules: Mapping[str, object]) -> tuple[str, ...]:
   return (target,) if isinstance(target, str) else tuple(target)
 
 
+def mesh_axes(name: str, rules: Mapping[str, object], mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes (of size > 1) that logical axis `name` is split over; () when replicated."""
+  return tuple(a for a in _mesh_axes_for(name, rules) if mesh.shape[a] > 1)
+
+
 def logical_to_spec(axes: Iterable, rules: Mapping[str, object], mesh: Mesh,
                     shape: Sequence[int] | None = None, what: str = "array") -> P:
   """PartitionSpec for logical axes; a mesh axis is used once; divisibility is checked."""

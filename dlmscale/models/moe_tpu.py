@@ -182,12 +182,6 @@ def a2a_dropless(x_TxD, weights_TxK, experts_TxK, w_gate, w_up, w_down, kernel, 
   return _combine(y_NxD, order_N, weights_TxK)
 
 
-def _mesh_axes(spec_entry) -> tuple[str, ...]:
-  if spec_entry is None:
-    return ()
-  return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
-
-
 def dispatch(dispatch_name: str, x_TxD, weights_TxK, experts_TxK, w_gate, w_up, w_down, *,
              dropout_rate=0.0, key=None):
   """y_TxD of the routed experts by `dispatch_name` (one of TPU_DISPATCHES)."""
@@ -200,9 +194,9 @@ def dispatch(dispatch_name: str, x_TxD, weights_TxK, experts_TxK, w_gate, w_up, 
   if mesh is None:
     return local_dropless(x_TxD, weights_TxK, experts_TxK, *ws, kernel, dropout_rate, key)
 
-  batch = _mesh_axes(parallel.logical_to_spec(("batch",), rules, mesh)[0])
-  experts = _mesh_axes(parallel.logical_to_spec(("expert",), rules, mesh)[0])
-  tensor = _mesh_axes(parallel.logical_to_spec(("mlp",), rules, mesh)[0])
+  batch = parallel.mesh_axes("batch", rules, mesh)
+  experts = parallel.mesh_axes("expert", rules, mesh)
+  tensor = parallel.mesh_axes("mlp", rules, mesh)
   if x_TxD.shape[0] % math.prod(mesh.shape[a] for a in batch):
     # e.g. sampling one short row: too few tokens to split over the chips; run unsharded.
     return local_dropless(x_TxD, weights_TxK, experts_TxK, *ws, kernel, dropout_rate, key)

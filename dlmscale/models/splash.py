@@ -92,12 +92,6 @@ def _local(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B, causal: bool, interpret: 
   return out_BxNxLxH.transpose(0, 2, 1, 3)[:, :l_in].astype(v_BxSxKxH.dtype)
 
 
-def _axes(entry) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
 def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B=None, *, causal: bool):
   """Attention output [B, L, N, H] (fp32 softmax); keys at or past lengths_B[b] masked for row b."""
   b, s = q_BxLxNxH.shape[0], k_BxSxKxH.shape[1]
@@ -111,9 +105,8 @@ def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B=None, *, causal: bool):
     out = run(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, lengths_B)
   else:
     mesh, rules = context
-    batch = _axes(parallel.logical_to_spec(("batch",), rules, mesh)[0])
-    heads = tuple(a for a in _axes(parallel.logical_to_spec(("heads",), rules, mesh)[0])
-                  if a not in batch)
+    batch = parallel.mesh_axes("batch", rules, mesh)
+    heads = tuple(a for a in parallel.mesh_axes("heads", rules, mesh) if a not in batch)
     if b % math.prod(mesh.shape[a] for a in batch):
       batch = ()  # e.g. one row being sampled: every chip attends it
     if n % math.prod(mesh.shape[a] for a in heads) or kh % math.prod(mesh.shape[a] for a in heads):
