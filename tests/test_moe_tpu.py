@@ -188,4 +188,7 @@ def test_gather_dispatch_compiles_for_v5p_8_with_analytic_flops():
   r = compile_lib.compile_for_topology(cfg, "ar", "v5p-8")
   assert r["fits"] and r["mesh"]["expert"] == 4
   # Plain dropless (ragged_dot) counted 7.7x here with 2 layers: every expert on every token.
-  assert 0.9 < r["compiler_over_analytic"] < 1.3, r["compiler_over_analytic"]
+  # Attention runs in splash's kernel, which XLA's cost analysis does not see into.
+  assert r["attention_kernel"]
+  ratio = r["compiler_over_analytic_without_attention"]
+  assert 0.9 < ratio < 1.3, ratio
