@@ -69,3 +69,24 @@ class BackgroundProcess:
     if self._proc.poll() is None:
       self._proc.kill()
       self._proc.wait()
+
+
+def one_train_step(model, mesh, objective, tokens_BxL, mask_id, rules=None, compiler_options=None):
+  """(lowered, (state, metrics)): the first train step of `model` from seed 0 on `mesh` (AdamW at
+  lr 1e-2, no warmup), its state sharded by `rules` (the default rules when None)."""
+  from dlmscale import config, objectives, optim, parallel, train
+  rules = parallel.DEFAULT_RULES if rules is None else rules
+  tc = config.default_config().train
+  tc.warmup_steps, tc.lr, tc.adam_eps = 0, 1e-2, 1e-3
+  opt, schedule = optim.make_optimizer(tc, 10, model.logical_axes), optim.make_schedule(tc, 10)
+  shardings = train.state_shardings(model, opt, mesh, rules)
+  state = jax.jit(lambda: train.init_state(model, opt, seed=0), out_shardings=shardings
+                  ).lower().compile(compiler_options)()
+  b_sh = parallel.batch_sharding(mesh, rules)
+  tokens = jax.device_put(np.asarray(tokens_BxL, np.int32), b_sh)
+  loss_fn = train.make_loss_fn(model, objectives.get(objective),
+                               objectives.resolve_args(objective, None, mask_id=mask_id))
+  step = train.make_train_step(loss_fn, opt, schedule, rules=rules,
+                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
+  lowered = train.compile_step(step, shardings, b_sh).lower(state, tokens)
+  return lowered, jax.device_get(lowered.compile(compiler_options)(state, tokens))

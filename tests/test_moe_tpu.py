@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from _shared import tiny_config
+from _shared import one_train_step, tiny_config
 from dlmscale import compile as compile_lib
-from dlmscale import config, objectives, optim, parallel, train
+from dlmscale import parallel
 from dlmscale.errors import ConfigError
 from dlmscale.models import moe as moe_lib
 from dlmscale.models import moe_tpu
@@ -124,21 +124,8 @@ def test_tpu_dispatch_equals_dropless_values_and_gradients(dispatch, mesh_name, 
 
 def _train_step(dispatch, mesh):
   model = build_model(make_cfg(num_layers=2, remat="full", moe_dispatch=dispatch))
-  tc = config.default_config().train
-  tc.warmup_steps, tc.lr, tc.adam_eps = 0, 1e-2, 1e-3
-  opt, schedule = optim.make_optimizer(tc, 10, model.logical_axes), optim.make_schedule(tc, 10)
-  shardings = train.state_shardings(model, opt, mesh, RULES)
-  state = jax.jit(lambda: train.init_state(model, opt, seed=0), out_shardings=shardings
-                  ).lower().compile(FAST)()
-  b_sh = parallel.batch_sharding(mesh, RULES)
-  tokens = jax.device_put(np.random.default_rng(1).integers(0, MASK, (B, L)).astype(np.int32),
-                          b_sh)
-  loss_fn = train.make_loss_fn(model, objectives.get("mdm"),
-                               objectives.resolve_args("mdm", None, mask_id=MASK))
-  step = train.make_train_step(loss_fn, opt, schedule, rules=RULES,
-                               microbatch_sharding=train.microbatch_sharding(mesh, RULES))
-  step = train.compile_step(step, shardings, b_sh)
-  return jax.device_get(step.lower(state, tokens).compile(FAST)(state, tokens))
+  tokens = np.random.default_rng(1).integers(0, MASK, (B, L))
+  return one_train_step(model, mesh, "mdm", tokens, MASK, RULES, FAST)[1]
 
 
 def test_scanned_rematted_train_step_on_a_mesh_matches_dropless_on_one_device():

@@ -4,7 +4,6 @@ bidirectional, with grouped kv heads, per-row key lengths and several key blocks
 on meshes that split rows and heads (and on one whose heads do not split) a rematerialised, scanned
 train step matches the einsum path on one device; 'auto' takes it only under a TPU mesh; compiled
 for a TPU slice, the kernel lowers in place of the einsum path's L x S temporaries."""
-import dataclasses
 import functools
 
 import jax
@@ -12,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _shared import random_params, tiny_config
+from _shared import one_train_step, random_params, tiny_config
 from dlmscale import compile as compile_lib
-from dlmscale import config, objectives, optim, parallel, train
+from dlmscale import parallel
 from dlmscale.models import splash
 from dlmscale.models.layers import attention_impl, attention_weights
 from dlmscale.models.model import build_model
@@ -44,12 +43,10 @@ def test_kernel_equals_einsum_values_and_gradients(causal, length):
     out = fn(q, k, v, lengths, causal)
     return jnp.sum(out * probe), out
 
-  kernel = functools.partial(splash.attention)
-  got = jax.jit(jax.value_and_grad(
-      lambda *a: loss(lambda q, k, v, n, c: kernel(q, k, v, n, causal=c), *a), argnums=(0, 1, 2),
-      has_aux=True))(q, k, v)
-  want = jax.jit(jax.value_and_grad(functools.partial(loss, einsum_attention), argnums=(0, 1, 2),
-                                    has_aux=True))(q, k, v)
+  kernel = lambda q, k, v, lengths, causal: splash.attention(q, k, v, lengths, causal=causal)
+  got, want = (jax.jit(jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1, 2),
+                                          has_aux=True))(q, k, v)
+               for fn in (kernel, einsum_attention))
   (_, out), grads = got
   (_, want_out), want_grads = want
   # The lengths matter: row 1's queries see fewer keys than row 0's would.
@@ -70,23 +67,9 @@ def make_cfg(**kw):
 
 
 def _train_step(attention, mesh, objective, rules=RULES, **model_kw):
-  model = build_model(make_cfg(attention=attention, **model_kw))
-  tc = config.default_config().train
-  tc.warmup_steps, tc.lr, tc.adam_eps = 0, 1e-2, 1e-3
-  opt, schedule = optim.make_optimizer(tc, 10, model.logical_axes), optim.make_schedule(tc, 10)
-  shardings = train.state_shardings(model, opt, mesh, rules)
-  state = jax.jit(lambda: train.init_state(model, opt, seed=0), out_shardings=shardings
-                  ).lower().compile(FAST)()
-  b_sh = parallel.batch_sharding(mesh, rules)
-  tokens = jax.device_put(np.random.default_rng(1).integers(0, MASK, (B, L)).astype(np.int32),
-                          b_sh)
-  loss_fn = train.make_loss_fn(model, objectives.get(objective),
-                               objectives.resolve_args(objective, None, mask_id=MASK))
-  step = train.make_train_step(loss_fn, opt, schedule, rules=rules,
-                               microbatch_sharding=train.microbatch_sharding(mesh, rules))
-  step = train.compile_step(step, shardings, b_sh)
-  lowered = step.lower(state, tokens)
-  return lowered, jax.device_get(lowered.compile(FAST)(state, tokens))
+  tokens = np.random.default_rng(1).integers(0, MASK, (B, L))
+  return one_train_step(build_model(make_cfg(attention=attention, **model_kw)), mesh, objective,
+                        tokens, MASK, rules, FAST)
 
 
 @pytest.mark.parametrize("objective,mesh_shape,kv_heads,rules", [
